@@ -1,0 +1,1 @@
+"""LightningDataModules over WebDataset shards, latent precompute and the demo data maker."""

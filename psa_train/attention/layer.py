@@ -1,0 +1,126 @@
+"""`PSAAttention`: the drop-in self-attention that backbone adapters install.
+
+It ties the pieces together: layout -> block scores -> levels -> `pyramid_attention` -> inverse
+layout. Selection runs under no_grad (levels are discrete); only the attention is differentiable.
+At budget 0 it is exactly dense SDPA, which is how annealed training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from psa_train.kernels import pyramid_attention
+
+from .config import PSAConfig, check_budget
+from .layout import layout_permutation
+from .levels import (
+    LEVEL_VALUES,
+    assign_levels,
+    density_from_histogram,
+    key_similarity,
+    level_counts,
+)
+from .scoring import block_scores
+
+
+class PSAAttention(nn.Module):
+    """Pyramid Sparse Attention over q, k, v [B, H, L, D].
+
+    Attributes:
+      config: this layer's own copy of the `PSAConfig` (changing the caller's object later has
+        no effect; set `layer.budget` or `layer.config.<field>` instead).
+      budget: read/write shortcut to `config.budget` (validated); callbacks anneal it.
+      force_level: debug/test hook. None (default) = normal selection. An int in {0,1,2,4,8}
+        makes every block that level and always runs `pyramid_attention` (even at budget 0);
+        `force_level=1` must reproduce dense attention.
+      last_density, last_level_histogram: statistics of the last forward (None before any);
+        computed lazily from a tiny on-device tensor, so logging costs one sync only when read.
+    """
+
+    def __init__(self, config: PSAConfig | None = None) -> None:
+        super().__init__()
+        self.config = dataclasses.replace(config) if config is not None else PSAConfig()
+        self.force_level: int | None = None
+        self._last_counts: torch.Tensor | None = None
+
+    @property
+    def budget(self) -> float:
+        return self.config.budget
+
+    @budget.setter
+    def budget(self, value: float) -> None:
+        self.config.budget = check_budget(value)
+
+    @property
+    def last_level_histogram(self) -> dict[int, float] | None:
+        if self._last_counts is None:
+            return None
+        counts = self._last_counts.tolist()
+        total = max(1, sum(counts))
+        return {s: c / total for s, c in zip(LEVEL_VALUES, counts)}
+
+    @property
+    def last_density(self) -> float | None:
+        hist = self.last_level_histogram
+        return None if hist is None else density_from_histogram(hist)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"band_mode={c.band_mode}, budget={c.budget}, block=({c.block_m}, {c.block_n}), layout={c.layout}"
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        grid: tuple[int, int, int] | None = None,
+        sm_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Self-attention; with `grid` = (T, H, W), L must be `config.prefix_tokens + T*H*W`."""
+        cfg = self.config
+        force = self.force_level
+        if force is not None and force not in LEVEL_VALUES:
+            raise ValueError(f"force_level must be None or one of {LEVEL_VALUES}, got {force!r}")
+        if force is None and cfg.budget == 0.0:
+            self._last_counts = torch.tensor([0, 1, 0, 0, 0])
+            return F.scaled_dot_product_attention(q, k, v, scale=sm_scale)
+
+        perm = inv = None
+        if grid is not None and cfg.layout != "none":
+            expected = cfg.prefix_tokens + grid[0] * grid[1] * grid[2]
+            if q.shape[2] != expected or k.shape[2] != expected:
+                raise ValueError(
+                    f"with grid={tuple(grid)} and prefix_tokens={cfg.prefix_tokens}, q and k need "
+                    f"L = {expected} tokens, got {q.shape[2]} and {k.shape[2]}"
+                )
+            perm, inv = layout_permutation(tuple(grid), cfg.layout, cfg.tile_size, cfg.prefix_tokens, q.device)
+            q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]
+
+        levels = self.select_levels(q, k, sm_scale)
+        out = pyramid_attention(
+            q, k, v, levels, block_m=cfg.block_m, block_n=cfg.block_n, sm_scale=sm_scale, backend=cfg.backend
+        )
+        return out if inv is None else out[:, :, inv]
+
+    @torch.no_grad()
+    def select_levels(self, q: torch.Tensor, k: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:
+        """Levels for (already laid out) q, k; records the statistics of the call."""
+        cfg = self.config
+        B, H, Lq, _ = q.shape
+        shape = (B, H, -(-Lq // cfg.block_m), -(-k.shape[2] // cfg.block_n))
+        if self.force_level is not None:
+            levels = torch.full(shape, self.force_level, dtype=torch.int32, device=q.device)
+        else:
+            scores = block_scores(
+                q, k, cfg.block_m, cfg.block_n, cfg.sample_fraction, cfg.score_reduction, sm_scale=sm_scale
+            )
+            sim = None
+            if any(t is not None for t in cfg.similarity_thresholds.values()):
+                sim = key_similarity(k, cfg.block_n)
+            levels = assign_levels(scores, cfg, key_similarity=sim)
+        self._last_counts = level_counts(levels)
+        return levels

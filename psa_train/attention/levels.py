@@ -1,0 +1,162 @@
+"""Level assignment: turn block scores into a pyramid level per (query block, key block).
+
+Per query block the key blocks are sorted by score and cut into bands (quota or threshold, moved
+by the sparsity budget); an optional similarity cap refuses to pool blocks whose keys are not
+alike; prefix blocks are forced dense. Also the statistics every log reports (density, histogram).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import BOUNDARY_ONE, LEVELS, POOLED_LEVELS, PSAConfig
+
+LEVEL_VALUES = (0, 1, 2, 4, 8)
+
+
+@torch.no_grad()
+def key_similarity(k: torch.Tensor, block_n: int, levels: tuple[int, ...] = POOLED_LEVELS) -> torch.Tensor:
+    """How well s-fold mean pooling represents each key block, for each stride s in `levels`.
+
+    k [B, H, Lk, D] -> [B, H, ceil(Lk/block_n), len(levels)]. For stride s the block's keys are
+    split into groups of s consecutive tokens (from the block start, never crossing it; the last
+    group of a tail block may be smaller, exactly as the kernel pools them); the value is the
+    mean over the block's tokens of cos(k_t, mean of t's group). 1.0 means pooling loses nothing
+    in direction; a group of one token has similarity 1; a zero key counts as 0.
+    """
+    B, H, L, D = k.shape
+    if any(s < 1 or block_n % s for s in levels):
+        raise ValueError(f"levels must divide block_n={block_n}, got {levels}")
+    nk = -(-L // block_n)
+    pad = nk * block_n - L
+    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    x = torch.nn.functional.pad(k.to(dtype), (0, 0, 0, pad)).view(B, H, nk, block_n, D)
+    valid = (torch.arange(nk * block_n, device=k.device) < L).to(dtype).view(nk, block_n)
+    count = valid.sum(-1)  # valid tokens per block
+    eps = torch.finfo(dtype).eps
+    out = []
+    for s in levels:
+        g = x.view(B, H, nk, block_n // s, s, D)
+        vg = valid.view(nk, block_n // s, s, 1)
+        mean = (g * vg).sum(-2, keepdim=True) / vg.sum(-2, keepdim=True).clamp_min(1)
+        cos = torch.nn.functional.cosine_similarity(g, mean.expand_as(g), dim=-1, eps=eps)
+        cos = (cos * vg.squeeze(-1)).sum((-1, -2)) / count
+        out.append(cos)
+    return torch.stack(out, dim=-1)
+
+
+def _first_band(before: torch.Tensor, bounds: list[float]) -> torch.Tensor:
+    """Level of the first band whose boundary is above `before` (0 if none)."""
+    level = torch.zeros(before.shape, dtype=torch.int32, device=before.device)
+    for s, b in reversed(list(zip(LEVELS, bounds))):  # finest band last so it wins
+        hit = torch.ones_like(before, dtype=torch.bool) if b >= BOUNDARY_ONE else before < b
+        level = torch.where(hit, torch.full_like(level, s), level)
+    return level
+
+
+def quota_counts(num_blocks: int, config: PSAConfig, budget: float | None = None) -> list[int]:
+    """Cumulative number of blocks through each level (1, 2, 4, 8) for a row of `num_blocks`.
+
+    round-half-up of boundary * num_blocks, so counts are monotone in the budget; a boundary
+    >= 1 means all blocks; at least one block is level 1.
+    """
+    counts, prev = [], 1
+    for b in config.boundaries(budget).values():
+        n = num_blocks if b >= BOUNDARY_ONE else min(num_blocks, int(b * num_blocks + 0.5))
+        prev = max(prev, n)
+        counts.append(min(prev, num_blocks))
+    return counts
+
+
+@torch.no_grad()
+def assign_levels(
+    scores: torch.Tensor,
+    config: PSAConfig,
+    *,
+    budget: float | None = None,
+    key_similarity: torch.Tensor | None = None,
+    prefix_tokens: int | None = None,
+) -> torch.Tensor:
+    """Levels [B, H, nQ, nK] (int32, values in {0, 1, 2, 4, 8}) from block scores [B, H, nQ, nK].
+
+    Per row the key blocks are ranked by score (descending, ties by index). quota: the first
+    n_1 ranks are level 1, the next up to n_2 level 2, ... (`quota_counts`), the rest skipped.
+    threshold: a block gets the first level whose boundary is above the normalised score mass of
+    the blocks ranked before it, else it is skipped. Boundaries are moved by `budget` (default
+    `config.budget`). The top block of each row is always level 1. With `key_similarity`
+    ([B, H, nK, 3] for strides 2, 4, 8, see `key_similarity`) a block is pooled s-fold only if
+    its similarity at s reaches `config.similarity_thresholds[s]`, else it drops to the next
+    finer level. Query and key blocks holding any of the `prefix_tokens` (default
+    `config.prefix_tokens`) are level 1 to and from everything.
+    """
+    if scores.dim() != 4:
+        raise ValueError(f"scores must be [B, H, nQ, nK], got {tuple(scores.shape)}")
+    nk = scores.shape[-1]
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    if config.band_mode == "quota":
+        counts = quota_counts(nk, config, budget)
+        per_rank = [next((s for s, n in zip(LEVELS, counts) if r < n), 0) for r in range(nk)]
+        ranked = torch.tensor(per_rank, dtype=torch.int32, device=scores.device).expand(scores.shape)
+    else:
+        s = scores.to(torch.float64)
+        s = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        sorted_mass = torch.gather(s, -1, order)
+        before = torch.cumsum(sorted_mass, -1) - sorted_mass
+        ranked = _first_band(before, list(config.boundaries(budget).values()))
+    ranked = ranked.clone()
+    ranked[..., 0] = 1  # top block: never an empty row
+    levels = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
+    levels.scatter_(-1, order, ranked)
+
+    if key_similarity is not None:
+        levels = apply_similarity_cap(levels, key_similarity, config)
+
+    prefix = config.prefix_tokens if prefix_tokens is None else prefix_tokens
+    if prefix > 0:
+        levels[..., : -(-prefix // config.block_m), :] = 1
+        levels[..., : -(-prefix // config.block_n)] = 1
+    return levels
+
+
+def apply_similarity_cap(levels: torch.Tensor, similarity: torch.Tensor, config: PSAConfig) -> torch.Tensor:
+    """Demote s-fold pooled blocks whose key similarity at s is below the threshold (8->4->2->1)."""
+    if similarity.shape[-1] != len(POOLED_LEVELS) or similarity.shape[:-1] != (*levels.shape[:2], levels.shape[-1]):
+        raise ValueError(
+            f"key_similarity must be [B, H, nK, {len(POOLED_LEVELS)}] matching levels {tuple(levels.shape)}, "
+            f"got {tuple(similarity.shape)}"
+        )
+    levels = levels.clone()
+    for i, s in reversed(list(enumerate(POOLED_LEVELS))):  # 8 first, so demotions cascade
+        thr = config.similarity_thresholds.get(s)
+        if thr is None:
+            continue
+        refused = (similarity[..., i] < thr).unsqueeze(2)  # [B, H, 1, nK]
+        levels = torch.where((levels == s) & refused, torch.full_like(levels, s // 2), levels)
+    return levels
+
+
+def compute_density(levels: torch.Tensor, per_head: bool = False) -> float | torch.Tensor:
+    """Compute density: mean over blocks of 1/level (skipped = 0). 1.0 is dense.
+
+    With `per_head` a float64 tensor [H] (mean over batch and blocks) instead of a float.
+    """
+    inv = torch.where(levels > 0, 1.0 / levels.to(torch.float64).clamp_min(1), torch.zeros((), dtype=torch.float64))
+    if per_head:
+        return inv.transpose(0, 1).reshape(levels.shape[1], -1).mean(-1)
+    return float(inv.mean())
+
+
+def level_counts(levels: torch.Tensor) -> torch.Tensor:
+    """Number of blocks at each level of LEVEL_VALUES, as a tensor on levels' device (no sync)."""
+    return torch.stack([(levels == s).sum() for s in LEVEL_VALUES])
+
+
+def level_histogram(levels: torch.Tensor) -> dict[int, float]:
+    """Share of blocks at each level {0, 1, 2, 4, 8} (sums to 1)."""
+    counts = level_counts(levels).tolist()
+    total = max(1, sum(counts))
+    return {s: c / total for s, c in zip(LEVEL_VALUES, counts)}
+
+
+def density_from_histogram(hist: dict[int, float]) -> float:
+    return sum(share / s for s, share in hist.items() if s > 0)

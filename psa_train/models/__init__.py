@@ -1,0 +1,1 @@
+"""Backbone adapters that swap self-attention for PSA (Wan via diffusers, ViTs via transformers)."""
