@@ -1,5 +1,7 @@
 """Lightning callbacks: sparsity-budget annealing, attention statistics, sample videos."""
 
 from .annealing import SparsityAnnealing
+from .metrics import LevelShareMetric, RelativeErrorMetric
+from .stats import AttentionStats
 
-__all__ = ["SparsityAnnealing"]
+__all__ = ["AttentionStats", "LevelShareMetric", "RelativeErrorMetric", "SparsityAnnealing"]

@@ -39,12 +39,17 @@ class PSAAttention(nn.Module):
         `force_level=1` must reproduce dense attention.
       last_density, last_level_histogram: statistics of the last forward (None before any);
         computed lazily from a tiny on-device tensor, so logging costs one sync only when read.
+      last_level_counts: that tensor (blocks at each of LEVEL_VALUES), for metrics that reduce
+        across processes without a host sync per step.
+      keep_levels: when True the last level map is kept in `last_levels` (for pictures).
     """
 
     def __init__(self, config: PSAConfig | None = None) -> None:
         super().__init__()
         self.config = dataclasses.replace(config) if config is not None else PSAConfig()
         self.force_level: int | None = None
+        self.keep_levels = False
+        self.last_levels: torch.Tensor | None = None
         self._last_counts: torch.Tensor | None = None
 
     @property
@@ -54,6 +59,10 @@ class PSAAttention(nn.Module):
     @budget.setter
     def budget(self, value: float) -> None:
         self.config.budget = check_budget(value)
+
+    @property
+    def last_level_counts(self) -> torch.Tensor | None:
+        return self._last_counts
 
     @property
     def last_level_histogram(self) -> dict[int, float] | None:
@@ -86,7 +95,9 @@ class PSAAttention(nn.Module):
         if force is not None and force not in LEVEL_VALUES:
             raise ValueError(f"force_level must be None or one of {LEVEL_VALUES}, got {force!r}")
         if force is None and cfg.budget == 0.0:
-            self._last_counts = torch.tensor([0, 1, 0, 0, 0])
+            blocks = q.shape[0] * q.shape[1] * -(-q.shape[2] // cfg.block_m) * -(-k.shape[2] // cfg.block_n)
+            self._last_counts = torch.tensor([0, blocks, 0, 0, 0])  # every block dense
+            self.last_levels = None
             return F.scaled_dot_product_attention(q, k, v, scale=sm_scale)
 
         perm = inv = None
@@ -123,4 +134,6 @@ class PSAAttention(nn.Module):
                 sim = key_similarity(k, cfg.block_n)
             levels = assign_levels(scores, cfg, key_similarity=sim)
         self._last_counts = level_counts(levels)
+        if self.keep_levels:
+            self.last_levels = levels.detach()
         return levels

@@ -34,6 +34,41 @@ def sample_positions(length: int, block: int, fraction: float, device=None) -> t
     return torch.cat(idx), torch.cat(blk)
 
 
+def padded_samples(length: int, block: int, fraction: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_positions` laid out as [blocks, slots] with a validity mask.
+
+    Every block gets the same power-of-two number of slots (the most any block samples), so
+    per-block reductions are reshapes; slots a block does not use are marked invalid.
+    """
+    idx, blk = sample_positions(length, block, fraction, device)
+    blocks = -(-length // block)
+    counts = torch.bincount(blk, minlength=blocks)
+    slots = 1 << (int(counts.max()) - 1).bit_length()
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(idx.numel(), device=idx.device) - first[blk]
+    rows = torch.zeros(blocks, slots, dtype=torch.long, device=idx.device)
+    valid = torch.zeros(blocks, slots, dtype=torch.bool, device=idx.device)
+    rows[blk, slot] = idx
+    valid[blk, slot] = True
+    return rows, valid
+
+
+def _block_lse_torch(q, k, q_rows, k_rows, k_valid, slots, scale, chunk_elements):
+    """Natural-log log-sum-exp of each sampled query's logits within each key block (PyTorch)."""
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    B, H = q.shape[:2]
+    ks = k[:, :, k_rows].to(dtype)  # [B, H, nK * slots, D]
+    invalid = ~k_valid.view(-1, slots)
+    step = max(1, chunk_elements // max(1, B * H * k_rows.numel()))
+    parts = []
+    for lo in range(0, q_rows.numel(), step):
+        qs = q[:, :, q_rows[lo : lo + step]].to(dtype)
+        logits = torch.matmul(qs, ks.transpose(-1, -2)) * scale
+        logits = logits.unflatten(-1, invalid.shape).masked_fill(invalid, float("-inf"))
+        parts.append(torch.logsumexp(logits, dim=-1))
+    return torch.cat(parts, dim=2)
+
+
 @torch.no_grad()
 def block_scores(
     q: torch.Tensor,
@@ -46,6 +81,7 @@ def block_scores(
     sm_scale: float | None = None,
     normalize: bool = True,
     chunk_elements: int = 1 << 25,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Pooled attention of sampled queries on sampled keys, per (query block, key block).
 
@@ -54,8 +90,11 @@ def block_scores(
     keys; its probabilities are summed per key block; the sampled queries of a query block are
     reduced by "max" (the paper's choice: a block matters if it matters to any query) or "mean".
     With `normalize` every row is scaled to sum to 1, the mass used by threshold bands.
-    Computed in float32 (float64 for float64 inputs); query blocks are processed in chunks of
-    about `chunk_elements` logits at a time.
+
+    A block's summed probability is softmax over blocks of the per-block log-sum-exp, so only
+    [sampled queries, key blocks] numbers are ever stored. backend "auto" computes them with a
+    Triton kernel on CUDA (fp16/bf16, D 64 or 128) and in PyTorch otherwise (float32, float64
+    for float64 inputs, `chunk_elements` logits at a time); "triton" / "torch" force one.
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must be [B, H, L, D] with equal B, H, D, got {tuple(q.shape)}, {tuple(k.shape)}")
@@ -63,34 +102,31 @@ def block_scores(
         raise ValueError(f"reduction must be one of ('max', 'mean'), got {reduction!r}")
     if not 0.0 < sample_fraction <= 1.0:
         raise ValueError(f"sample_fraction must be in (0, 1], got {sample_fraction}")
-    B, H, Lq, D = q.shape
-    Lk = k.shape[2]
-    nq, nk = -(-Lq // block_m), -(-Lk // block_n)
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be one of ('auto', 'triton', 'torch'), got {backend!r}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
 
-    q_idx, q_blk = sample_positions(Lq, block_m, sample_fraction, q.device)
-    k_idx, k_blk = sample_positions(Lk, block_n, sample_fraction, k.device)
-    ks = k[:, :, k_idx].to(dtype)  # [B, H, Sk, D]
-    # One-hot key-block matrix: summing probabilities per key block is one matmul.
-    onehot = torch.zeros(k_idx.numel(), nk, dtype=dtype, device=k.device)
-    onehot[torch.arange(k_idx.numel(), device=k.device), k_blk] = 1.0
+    q_rows, q_valid = padded_samples(q.shape[2], block_m, sample_fraction, q.device)
+    k_rows, k_valid = padded_samples(k.shape[2], block_n, sample_fraction, k.device)
+    slots = k_rows.shape[1]
+    if backend == "auto":
+        compiled = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
+        backend = "triton" if compiled else "torch"
+    if backend == "triton":
+        from psa_train.kernels.triton_block_scores import block_logsumexp2  # triton only where used
 
-    out = torch.empty(B, H, nq, nk, dtype=dtype, device=q.device)
-    per_block = max(1, int(sample_fraction * block_m + 0.5))
-    step = max(1, chunk_elements // max(1, B * H * per_block * k_idx.numel()))
-    bounds = torch.searchsorted(q_blk, torch.arange(0, nq + 1, device=q.device)).tolist()
-    for b0 in range(0, nq, step):
-        b1 = min(nq, b0 + step)
-        lo, hi = bounds[b0], bounds[b1]
-        qs = q[:, :, q_idx[lo:hi]].to(dtype)
-        probs = torch.softmax(torch.matmul(qs, ks.transpose(-1, -2)) * scale, dim=-1)
-        per_key_block = torch.matmul(probs, onehot)  # [B, H, sq, nk]
-        seg = (q_blk[lo:hi] - b0).view(1, 1, -1, 1).expand_as(per_key_block)
-        red = torch.zeros(B, H, b1 - b0, nk, dtype=dtype, device=q.device)
-        red.scatter_reduce_(2, seg, per_key_block, reduce="amax" if reduction == "max" else "mean",
-                            include_self=False)
-        out[:, :, b0:b1] = red
+        lse = block_logsumexp2(q.contiguous(), k.contiguous(), q_rows.flatten(), k_rows.flatten(),
+                               k_valid.flatten(), slots, scale) * math.log(2.0)
+    else:
+        lse = _block_lse_torch(q, k, q_rows.flatten(), k_rows.flatten(), k_valid.flatten(), slots, scale,
+                               chunk_elements)
+    mass = torch.softmax(lse, dim=-1)  # [B, H, nQ * q_slots, nK]: each sampled query's block masses
+    mass = mass.unflatten(2, q_rows.shape)  # [B, H, nQ, q_slots, nK]
+    sampled = q_valid[:, :, None]
+    if reduction == "max":
+        out = mass.masked_fill(~sampled, float("-inf")).amax(dim=3)
+    else:
+        out = mass.masked_fill(~sampled, 0.0).sum(dim=3) / q_valid.sum(-1, keepdim=True)
     if normalize:
-        out = out / out.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        out = out / out.sum(-1, keepdim=True).clamp_min(torch.finfo(out.dtype).tiny)
     return out

@@ -1,0 +1,120 @@
+"""Compact block lists built on the GPU from a level map (no dense scans inside attention).
+
+Forward / dQ lists, per query block row (b, h, i): the selected key blocks grouped by level in
+the order 1, 2, 4, 8 (ascending j inside a level), with counts per level. One program per row
+does a counting sort: count each level, then scatter each level's block indices at its running
+offset (a cumsum over the row, chunk by chunk, so any number of key blocks works).
+
+Transposed lists, per key block (b, h, j): the query blocks that see j at level 1. Only level 1
+is needed: the backward computes pooled-level key/value gradients in the query-stationary pass
+(see triton_backward.py), so the key-stationary pass walks level-1 pairs only.
+
+Work orders: query blocks (and key blocks) of each head sorted by work, heaviest first, so the
+long programs start early and short ones fill the tail; heads stay contiguous in the grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton.language as tl
+
+from .triton_launch import kernel
+
+
+@kernel
+def _row_lists_kernel(LV, IDX, CNT, WORK, n_kb, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * n_kb
+    c1 = tl.full([], 0, tl.int32)
+    c2 = tl.full([], 0, tl.int32)
+    c4 = tl.full([], 0, tl.int32)
+    c8 = tl.full([], 0, tl.int32)
+    for c0 in range(0, n_kb, CHUNK):
+        j = c0 + tl.arange(0, CHUNK)
+        lv = tl.load(LV + base + j, mask=j < n_kb, other=0)
+        c1 += tl.sum((lv == 1).to(tl.int32), axis=0)
+        c2 += tl.sum((lv == 2).to(tl.int32), axis=0)
+        c4 += tl.sum((lv == 4).to(tl.int32), axis=0)
+        c8 += tl.sum((lv == 8).to(tl.int32), axis=0)
+    o1 = tl.full([], 0, tl.int32)
+    o2 = c1
+    o4 = c1 + c2
+    o8 = c1 + c2 + c4
+    for c0 in range(0, n_kb, CHUNK):
+        j = c0 + tl.arange(0, CHUNK)
+        lv = tl.load(LV + base + j, mask=j < n_kb, other=0)
+        s1 = (lv == 1).to(tl.int32)
+        tl.store(IDX + base + o1 + tl.cumsum(s1, axis=0) - 1, j, mask=s1 > 0)
+        o1 += tl.sum(s1, axis=0)
+        s2 = (lv == 2).to(tl.int32)
+        tl.store(IDX + base + o2 + tl.cumsum(s2, axis=0) - 1, j, mask=s2 > 0)
+        o2 += tl.sum(s2, axis=0)
+        s4 = (lv == 4).to(tl.int32)
+        tl.store(IDX + base + o4 + tl.cumsum(s4, axis=0) - 1, j, mask=s4 > 0)
+        o4 += tl.sum(s4, axis=0)
+        s8 = (lv == 8).to(tl.int32)
+        tl.store(IDX + base + o8 + tl.cumsum(s8, axis=0) - 1, j, mask=s8 > 0)
+        o8 += tl.sum(s8, axis=0)
+    tl.store(CNT + row * 4 + 0, c1)
+    tl.store(CNT + row * 4 + 1, c2)
+    tl.store(CNT + row * 4 + 2, c4)
+    tl.store(CNT + row * 4 + 3, c8)
+    # pooled key rows this query block attends to (a proxy for its cost)
+    tl.store(WORK + row, c1 * BLOCK_N + c2 * (BLOCK_N // 2) + c4 * (BLOCK_N // 4) + c8 * (BLOCK_N // 8))
+
+
+@kernel
+def _col_lists_kernel(LV, IDXT, CNTT, n_qb, n_kb, CHUNK: tl.constexpr):
+    j = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    src = bh * n_qb * n_kb + j
+    dst = (bh * n_kb + j) * n_qb
+    c = tl.full([], 0, tl.int32)
+    for c0 in range(0, n_qb, CHUNK):
+        i = c0 + tl.arange(0, CHUNK)
+        lv = tl.load(LV + src + i * n_kb, mask=i < n_qb, other=0)
+        s1 = (lv == 1).to(tl.int32)
+        tl.store(IDXT + dst + c + tl.cumsum(s1, axis=0) - 1, i, mask=s1 > 0)
+        c += tl.sum(s1, axis=0)
+    tl.store(CNTT + bh * n_kb + j, c)
+
+
+@dataclass
+class BlockPlan:
+    """Lists for one level map; every tensor int32 and contiguous."""
+
+    idx: torch.Tensor  # [BH, nI, nJ] key blocks of each query block, grouped by level
+    cnt: torch.Tensor  # [BH, nI, 4] counts of levels 1, 2, 4, 8
+    order: torch.Tensor | None  # [BH, nI] query blocks of each head, heaviest first (None: 0..nI-1)
+    idx_t: torch.Tensor  # [BH, nJ, nI] query blocks that see key block j at level 1
+    cnt_t: torch.Tensor  # [BH, nJ]
+    order_t: torch.Tensor | None  # [BH, nJ] key blocks of each head, most level-1 pairs first
+
+    def tensors(self):
+        return (self.idx, self.cnt, self.order, self.idx_t, self.cnt_t, self.order_t)
+
+
+def _chunk(n: int) -> int:
+    return max(16, min(1024, 1 << (max(n, 1) - 1).bit_length()))
+
+
+def build_plan(levels: torch.Tensor, block_n: int, heavy_first: bool = True) -> BlockPlan:
+    """Lists of a contiguous integer level map [B, H, nI, nJ]: two launches, plus two argsorts
+    for the heavy-first orders (skipped with heavy_first=False: grid order is then i, j)."""
+    batch, heads, n_qb, n_kb = levels.shape
+    bh = batch * heads
+    dev = levels.device
+    idx = torch.empty((bh, n_qb, n_kb), dtype=torch.int32, device=dev)
+    cnt = torch.empty((bh, n_qb, 4), dtype=torch.int32, device=dev)
+    work = torch.empty((bh, n_qb), dtype=torch.int32, device=dev)
+    _row_lists_kernel[(bh * n_qb,)](levels, idx, cnt, work, n_kb, BLOCK_N=block_n, CHUNK=_chunk(n_kb), num_warps=4)
+    idx_t = torch.empty((bh, n_kb, n_qb), dtype=torch.int32, device=dev)
+    cnt_t = torch.empty((bh, n_kb), dtype=torch.int32, device=dev)
+    _col_lists_kernel[(n_kb, bh)](levels, idx_t, cnt_t, n_qb, n_kb, CHUNK=_chunk(n_qb), num_warps=4)
+    if not heavy_first:
+        return BlockPlan(idx, cnt, None, idx_t, cnt_t, None)
+    order = torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32)
+    order_t = torch.argsort(cnt_t, dim=1, descending=True, stable=True).to(torch.int32)
+    return BlockPlan(idx, cnt, order, idx_t, cnt_t, order_t)

@@ -1,0 +1,52 @@
+"""Autograd glue: ``triton_pyramid_attention`` runs the Triton forward and backward kernels.
+
+Forward: lists (block_lists), pyramid (triton_pyramid), attention (triton_forward). The pooled
+pyramid, the lists and the base-2 LSE are saved for the backward (the pyramid is 0.875x the size
+of K and V together; recomputing it would cost one more pass over K and V).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .block_lists import BlockPlan, build_plan
+from .triton_backward import pyramid_backward
+from .triton_forward import pyramid_forward
+from .triton_pyramid import build_pyramid
+from .tuning import get_config
+
+
+class _PyramidAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, levels, block_m, block_n, sm_scale):
+        cfg = get_config(q.shape[-1], block_m, block_n, q.dtype)
+        plan = build_plan(levels, block_n, cfg.heavy_first)
+        pyramid = build_pyramid(k, v)
+        out, lse = pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg)
+        flat_pyramid = [t for pair in pyramid for t in pair]
+        ctx.save_for_backward(q, k, v, out, lse, *flat_pyramid, *plan.tensors())
+        ctx.args = (block_m, block_n, sm_scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, k2, v2, k4, v4, k8, v8, *plan_tensors = ctx.saved_tensors  # None stays None
+        block_m, block_n, sm_scale = ctx.args
+        cfg = get_config(q.shape[-1], block_m, block_n, q.dtype)
+        pyramid = ((k2, v2), (k4, v4), (k8, v8))
+        dq, dk, dv = pyramid_backward(
+            q, k, v, out, lse, do.contiguous(), pyramid, BlockPlan(*plan_tensors),
+            block_m, block_n, sm_scale, cfg,
+        )
+        return dq, dk, dv, None, None, None, None
+
+
+def triton_pyramid_attention(q, k, v, levels, block_m, block_n, sm_scale):
+    """Pyramid attention (DESIGN.md §1) with Triton kernels; arguments already validated.
+
+    q [B,H,Lq,D], k/v [B,H,Lk,D] contiguous, one dtype (fp16/bf16/fp32), D in {64, 128};
+    levels integer [B,H,ceil(Lq/block_m),ceil(Lk/block_n)] in {0,1,2,4,8}. Returns out in q's
+    dtype, differentiable in q, k, v. CUDA tensors run compiled kernels, CPU tensors the Triton
+    interpreter (triton_launch.py).
+    """
+    return _PyramidAttention.apply(q, k, v, levels.contiguous(), int(block_m), int(block_n), float(sm_scale))

@@ -1,0 +1,288 @@
+"""Pyramid attention backward: Δ, a query-stationary pass, a key-stationary level-1 pass.
+
+1. ``_delta_kernel``: Δ = rowsum(O ∘ dO) in fp32.
+2. ``_bwd_dq_kernel`` (one program per query block, the forward's lists and tiles): recomputes
+   P = exp2(qk·c + log2 n - LSE) and dS = P ∘ (dP - Δ) for every level, accumulates
+   dQ = scale · dS K̄ in registers, and for the pooled levels 2/4/8 also the pooled-resolution
+   gradients dV̄_s += Pᵀ dO and dK̄_s += scale · dSᵀ Q of the packed tile, added with fp32
+   ``tl.atomic_add`` into [B, H, ceil(Lk/s), D] buffers.
+3. ``_bwd_dkdv_kernel`` (one program per key block, every key block): exact dK, dV over the
+   transposed level-1 list (no atomics), then folds the pooled gradients back onto member
+   tokens: dK[t] += Σ_s dK̄_s[t // s] / n, n = min(s, Lk - (t//s)·s); same for V.
+
+Why atomics for the pooled levels. The alternative, a key-stationary pass per pooled block,
+must load the query block's Q and dO (4·block_m·D bytes) for each (query block, pooled block)
+pair while doing 1/s of the arithmetic; at block_m = 128, block_n = 64 that is 512·D bytes per
+pair against 96·D bytes (read K̄, V̄ tile, add dK̄, dV̄ in fp32) for a level-8 pair here, and the
+atomics ride along a pass that runs anyway for dQ. Measured on an H200 at the Wan shape and
+density 0.15 (benchmarks/NOTES.md): the atomics add 1.9 ms to a 3.8 ms dQ pass; the
+key-stationary alternative's ~25 GB of Q/dO re-reads were estimated at 4-5 ms. The cost:
+pooled-level contributions to dK/dV are summed in a run-dependent order (fp32, differences at
+rounding level); dQ and the level-1 parts of dK/dV are deterministic. Nothing re-expands pooled K/V to full length.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_forward import LOG2E, _dot, dot_precision, level1_descriptors
+from .triton_launch import cdiv, kernel
+
+
+@kernel
+def _delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    d = tl.arange(0, HEAD_DIM)
+    m = (r < n_rows)[:, None]
+    o = tl.load(O + r[:, None] * HEAD_DIM + d[None, :], mask=m, other=0.0).to(tl.float32)
+    do = tl.load(DO + r[:, None] * HEAD_DIM + d[None, :], mask=m, other=0.0).to(tl.float32)
+    tl.store(DELTA + r, tl.sum(o * do, axis=1), mask=r < n_rows)
+
+
+@triton.jit
+def _dq_level(
+    q, do, lse, delta, dq, KB, VB, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
+    S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr,
+):
+    """dQ of one query tile over one level's packed rows; pooled levels also add dK̄, dV̄
+    (ATOMICS=False drops those, for timing only: the gradients are then wrong)."""
+    R = BLOCK_N // S
+    Ls = (Lk + S - 1) // S
+    n_rows = cnt * R
+    kv_base = bh * Ls * HEAD_DIM
+    for t0 in tl.range(0, n_rows, TILE, num_stages=STAGES):
+        t = t0 + tl.arange(0, TILE)
+        in_list = t < n_rows
+        blk = tl.load(list_ptr + t // R, mask=in_list, other=0)
+        r = blk * R + t % R
+        valid = in_list & (r < Ls)
+        kv_off = kv_base + r[:, None] * HEAD_DIM + d[None, :]
+        k = tl.load(KB + kv_off, mask=valid[:, None], other=0.0)
+        v = tl.load(VB + kv_off, mask=valid[:, None], other=0.0)
+        if S == 1:
+            bias = tl.where(valid, 0.0, float("-inf"))
+        else:
+            n = tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
+            bias = tl.where(valid, tl.log2(n), float("-inf"))
+        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
+        p = tl.math.exp2(qk - lse[:, None])
+        dp = _dot(do, tl.trans(v), DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+        if S > 1 and ATOMICS:
+            dv_part = _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
+            dk_part = _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC) * sm_scale
+            tl.atomic_add(DVB + kv_off, dv_part, mask=valid[:, None], sem="relaxed")
+            tl.atomic_add(DKB + kv_off, dk_part, mask=valid[:, None], sem="relaxed")
+    return dq
+
+
+@triton.jit
+def _dq_level1_tma(
+    q, do, lse, delta, dq, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
+    BLOCK_N: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dQ over level-1 blocks with TMA loads of TILE (<= block_n) contiguous key rows."""
+    for it in tl.range(0, cnt * (BLOCK_N // TILE), num_stages=STAGES):
+        blk = tl.load(list_ptr + it // (BLOCK_N // TILE))
+        start = blk * BLOCK_N + (it % (BLOCK_N // TILE)) * TILE
+        row = (bh * Lk + start).to(tl.int32)
+        k = KD.load([row, 0])
+        v = VD.load([row, 0])
+        bias = tl.where(start + tl.arange(0, TILE) < Lk, 0.0, float("-inf"))
+        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
+        p = tl.math.exp2(qk - lse[:, None])
+        dp = _dot(do, tl.trans(v), DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+    return dq
+
+
+@kernel
+def _bwd_dq_kernel(
+    Q, K1, V1, K2, V2, K4, V4, K8, V8, K1D, V1D,
+    DO, LSE, DELTA, DQ, DK2, DV2, DK4, DV4, DK8, DV8,
+    IDX, CNT, ORDER,
+    sm_scale, qk_scale, Lq, Lk, n_qb, n_kb,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    TILE1: tl.constexpr, TILE2: tl.constexpr, TILE4: tl.constexpr, TILE8: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, ATOMICS: tl.constexpr,
+    REORDER: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    if REORDER:
+        i = tl.load(ORDER + bh * n_qb + pid)
+    else:
+        i = pid
+    row = bh * n_qb + i
+    offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HEAD_DIM)
+    mask_m = offs_m < Lq
+    q_off = bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + d[None, :]
+    q = tl.load(Q + q_off, mask=mask_m[:, None], other=0.0)
+    do = tl.load(DO + q_off, mask=mask_m[:, None], other=0.0)
+    lse = tl.load(LSE + bh * Lq + offs_m, mask=mask_m, other=float("inf"))
+    delta = tl.load(DELTA + bh * Lq + offs_m, mask=mask_m, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    lst = IDX + row * n_kb
+    c1 = tl.load(CNT + row * 4 + 0)
+    c2 = tl.load(CNT + row * 4 + 1)
+    c4 = tl.load(CNT + row * 4 + 2)
+    c8 = tl.load(CNT + row * 4 + 3)
+    if USE_TMA:
+        dq = _dq_level1_tma(q, do, lse, delta, dq, K1D, V1D, lst, c1, bh, Lk, qk_scale,
+                            BLOCK_N, TILE1, STAGES, DOT_PREC)
+    else:
+        dq = _dq_level(q, do, lse, delta, dq, K1, V1, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale, d,
+                       1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS)
+    dq = _dq_level(q, do, lse, delta, dq, K2, V2, DK2, DV2, lst + c1, c2, bh, Lk, sm_scale, qk_scale, d,
+                   2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, ATOMICS)
+    dq = _dq_level(q, do, lse, delta, dq, K4, V4, DK4, DV4, lst + c1 + c2, c4, bh, Lk, sm_scale, qk_scale,
+                   d, 4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, ATOMICS)
+    dq = _dq_level(q, do, lse, delta, dq, K8, V8, DK8, DV8, lst + c1 + c2 + c4, c8, bh, Lk, sm_scale,
+                   qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, ATOMICS)
+    tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_m[:, None])
+
+
+@triton.jit
+def _fold_level(dk, dv, DKB, DVB, offs_n, mask_n, bh, Lk, d, S: tl.constexpr, HEAD_DIM: tl.constexpr):
+    Ls = (Lk + S - 1) // S
+    r = offs_n // S
+    inv_n = 1.0 / tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
+    p_off = bh * Ls * HEAD_DIM + r[:, None] * HEAD_DIM + d[None, :]
+    dk += tl.load(DKB + p_off, mask=mask_n[:, None], other=0.0) * inv_n[:, None]
+    dv += tl.load(DVB + p_off, mask=mask_n[:, None], other=0.0) * inv_n[:, None]
+    return dk, dv
+
+
+@kernel
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, QD, DOD, LSE, DELTA, DK, DV, DK2, DV2, DK4, DV4, DK8, DV8,
+    IDXT, CNTT, ORDERT,
+    sm_scale, qk_scale, Lq, Lk, n_qb, n_kb,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    KSUB: tl.constexpr, MSUB: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, REORDER: tl.constexpr,
+):
+    SPLIT = BLOCK_N // KSUB
+    NSUB = BLOCK_M // MSUB
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    if REORDER:
+        j = tl.load(ORDERT + bh * n_kb + pid // SPLIT)
+    else:
+        j = pid // SPLIT
+    col = bh * n_kb + j
+    offs_n = j * BLOCK_N + (pid % SPLIT) * KSUB + tl.arange(0, KSUB)
+    d = tl.arange(0, HEAD_DIM)
+    mask_n = offs_n < Lk
+    kv_off = bh * Lk * HEAD_DIM + offs_n[:, None] * HEAD_DIM + d[None, :]
+    k = tl.load(K + kv_off, mask=mask_n[:, None], other=0.0)
+    v = tl.load(V + kv_off, mask=mask_n[:, None], other=0.0)
+    dk = tl.zeros([KSUB, HEAD_DIM], tl.float32)
+    dv = tl.zeros([KSUB, HEAD_DIM], tl.float32)
+    cnt = tl.load(CNTT + col)
+    list_base = IDXT + col * n_qb
+    q_base = bh * Lq * HEAD_DIM
+    for it in tl.range(0, cnt * NSUB, num_stages=STAGES):
+        i = tl.load(list_base + it // NSUB)
+        offs_m = i * BLOCK_M + (it % NSUB) * MSUB + tl.arange(0, MSUB)
+        mask_m = offs_m < Lq
+        if USE_TMA:  # rows past Lq (next head / zero fill) are neutralised by lse = +inf
+            row = (bh * Lq + i * BLOCK_M + (it % NSUB) * MSUB).to(tl.int32)
+            q = QD.load([row, 0])
+            do = DOD.load([row, 0])
+        else:
+            q_off = q_base + offs_m[:, None] * HEAD_DIM + d[None, :]
+            q = tl.load(Q + q_off, mask=mask_m[:, None], other=0.0)
+            do = tl.load(DO + q_off, mask=mask_m[:, None], other=0.0)
+        lse = tl.load(LSE + bh * Lq + offs_m, mask=mask_m, other=float("inf"))
+        delta = tl.load(DELTA + bh * Lq + offs_m, mask=mask_m, other=0.0)
+        qk_t = _dot(k, tl.trans(q), DOT_PREC) * qk_scale
+        p_t = tl.math.exp2(qk_t - lse[None, :])
+        dv += _dot(p_t.to(do.dtype), do, DOT_PREC)
+        dp_t = _dot(v, tl.trans(do), DOT_PREC)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _dot(ds_t.to(q.dtype), q, DOT_PREC)
+    dk = dk * sm_scale
+    # fold the pooled-level gradients back onto member tokens: d(mean)/d(member) = 1/n
+    dk, dv = _fold_level(dk, dv, DK2, DV2, offs_n, mask_n, bh, Lk, d, 2, HEAD_DIM)
+    dk, dv = _fold_level(dk, dv, DK4, DV4, offs_n, mask_n, bh, Lk, d, 4, HEAD_DIM)
+    dk, dv = _fold_level(dk, dv, DK8, DV8, offs_n, mask_n, bh, Lk, d, 8, HEAD_DIM)
+    tl.store(DK + kv_off, dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
+    tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
+
+
+def pooled_grad_buffers(k: torch.Tensor):
+    """Zeroed fp32 dK̄_s, dV̄_s [B, H, ceil(Lk/s), D] for s = 2, 4, 8, in one allocation."""
+    batch, heads, length_k, dim = k.shape
+    sizes = [cdiv(length_k, s) for s in (2, 4, 8)]
+    n = batch * heads * dim
+    flat = torch.zeros(2 * n * sum(sizes), dtype=torch.float32, device=k.device)
+    bufs, start = [], 0
+    for s_len in sizes:
+        for _ in range(2):
+            bufs.append(flat[start:start + n * s_len].view(batch, heads, s_len, dim))
+            start += n * s_len
+    return bufs
+
+
+def launch_delta(out, do):
+    batch, heads, length_q, dim = out.shape
+    delta = torch.empty((batch, heads, length_q), dtype=torch.float32, device=out.device)
+    rows, total = 64, batch * heads * length_q
+    _delta_kernel[(cdiv(total, rows),)](out, do, delta, total, HEAD_DIM=dim, ROWS=rows, num_warps=4)
+    return delta
+
+
+def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
+    batch, heads, length_q, dim = q.shape
+    n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
+    (k2, v2), (k4, v4), (k8, v8) = pyramid
+    dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
+    dq = torch.empty_like(q)
+    kd, vd = level1_descriptors(k, v, cfg.dq_tiles[0], block_n, cfg.dq_tma)
+    _bwd_dq_kernel[(n_qb, batch * heads)](
+        q, k, v, k2, v2, k4, v4, k8, v8, kd, vd,
+        do, lse, delta, dq, dk2, dv2, dk4, dv4, dk8, dv8,
+        plan.idx, plan.cnt, plan.order,
+        sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim,
+        TILE1=cfg.dq_tiles[0], TILE2=cfg.dq_tiles[1], TILE4=cfg.dq_tiles[2], TILE8=cfg.dq_tiles[3],
+        STAGES=cfg.dq_stages, DOT_PREC=dot_precision(q), USE_TMA=kd is not None,
+        ATOMICS=cfg.dq_pooled_atomics, REORDER=plan.order is not None, num_warps=cfg.dq_warps,
+    )
+    return dq
+
+
+def launch_dkdv(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
+    batch, heads, length_q, dim = q.shape
+    n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
+    dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    ksub = min(cfg.dkdv_ksub, block_n)
+    msub = min(cfg.dkdv_msub, block_m)
+    qd, dod = level1_descriptors(q, do, msub, block_m, cfg.dkdv_tma)
+    _bwd_dkdv_kernel[(n_kb * (block_n // ksub), batch * heads)](
+        q, k, v, do, qd, dod, lse, delta, dk, dv, dk2, dv2, dk4, dv4, dk8, dv8,
+        plan.idx_t, plan.cnt_t, plan.order_t,
+        sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim, KSUB=ksub, MSUB=msub,
+        STAGES=cfg.dkdv_stages, DOT_PREC=dot_precision(q), USE_TMA=qd is not None,
+        REORDER=plan.order_t is not None, num_warps=cfg.dkdv_warps,
+    )
+    return dk, dv
+
+
+def pyramid_backward(q, k, v, out, lse, do, pyramid, plan, block_m, block_n, sm_scale, cfg):
+    """dq, dk, dv (input dtype) for contiguous tensors; `pyramid`, `plan` as in the forward."""
+    delta = launch_delta(out, do)
+    pooled = pooled_grad_buffers(k)
+    dq = launch_dq(q, k, v, do, lse, delta, pyramid, pooled, plan, block_m, block_n, sm_scale, cfg)
+    dk, dv = launch_dkdv(q, k, v, do, lse, delta, pooled, plan, block_m, block_n, sm_scale, cfg)
+    return dq, dk, dv

@@ -1,0 +1,91 @@
+"""Block scoring on the GPU: per sampled query, the log-sum-exp of its logits in each key block.
+
+Block scores (psa_train.attention.scoring) need, for every sampled query row, the softmax mass
+of every key block over the sampled keys. That mass is softmax_j(lse_j) where lse_j is the
+log-sum-exp of the row's logits within key block j, so one pass over the logits is enough: this
+kernel computes lse_j for all rows and blocks (exp2 domain) and never writes the Sq × Sk logits.
+The softmax over blocks and the reduction over a query block's samples are cheap torch ops on
+the [B, H, Sq, nK] result.
+
+Sampled keys arrive padded: every key block owns `slots` consecutive slots (a power of two),
+unused slots (a short tail block, or a fraction that does not fill a power of two) are invalid
+and get -inf.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_launch import cdiv, kernel
+
+LOG2_E = 1.4426950408889634
+
+
+@kernel
+def _block_lse_kernel(
+    Q, K, Q_ROWS, K_ROWS, K_VALID, OUT,
+    Lq, Lk, num_q_rows, num_k_blocks, sm_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, SLOTS: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    d = tl.arange(0, HEAD_DIM)
+    rows = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < num_q_rows
+    q_tokens = tl.load(Q_ROWS + rows, mask=row_ok, other=0)
+    q = tl.load(Q + bh * Lq * HEAD_DIM + q_tokens[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None], other=0.0)
+
+    num_slots = num_k_blocks * SLOTS
+    for first_block in range(0, num_k_blocks, BLOCKS_PER_TILE):
+        cols = first_block * SLOTS + tl.arange(0, BLOCKS_PER_TILE * SLOTS)
+        col_ok = cols < num_slots
+        valid = tl.load(K_VALID + cols, mask=col_ok, other=0) != 0
+        k_tokens = tl.load(K_ROWS + cols, mask=col_ok, other=0)
+        k = tl.load(K + bh * Lk * HEAD_DIM + k_tokens[:, None] * HEAD_DIM + d[None, :], mask=valid[:, None], other=0.0)
+        if INTERPRETED:  # the interpreter's half-precision tl.dot is wrong (triton 3.8): use fp32
+            logits = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            logits = tl.dot(q, tl.trans(k))
+        logits = logits * sm_scale_log2
+        logits = tl.where(valid[None, :], logits, float("-inf"))
+        grouped = tl.reshape(logits, (BLOCK_Q, BLOCKS_PER_TILE, SLOTS))
+        block_max = tl.max(grouped, axis=2)
+        safe_max = tl.where(block_max == float("-inf"), 0.0, block_max)
+        block_sum = tl.sum(tl.exp2(grouped - safe_max[:, :, None]), axis=2)
+        lse = safe_max + tl.log2(block_sum)
+        blocks = first_block + tl.arange(0, BLOCKS_PER_TILE)
+        out_ptr = OUT + bh * num_q_rows * num_k_blocks + rows[:, None] * num_k_blocks + blocks[None, :]
+        tl.store(out_ptr, lse, mask=row_ok[:, None] & (blocks < num_k_blocks)[None, :])
+
+
+def block_logsumexp2(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_rows: torch.Tensor,
+    k_rows: torch.Tensor,
+    k_valid: torch.Tensor,
+    slots: int,
+    sm_scale: float,
+    block_q: int = 64,
+) -> torch.Tensor:
+    """[B, H, len(q_rows), nK] float32: log2 Σ_{sampled keys of block j} 2^(q·k·scale·log2e).
+
+    q [B, H, Lq, D], k [B, H, Lk, D] contiguous (fp16/bf16/fp32, D in {64, 128}); q_rows: the
+    sampled query tokens; k_rows, k_valid: [nK * slots] padded sampled key tokens and validity.
+    A block with no valid slot gets -inf.
+    """
+    batch, heads, length_q, dim = q.shape
+    num_k_blocks = k_rows.numel() // slots
+    blocks_per_tile = max(1, 64 // slots)
+    out = torch.empty(batch, heads, q_rows.numel(), num_k_blocks, dtype=torch.float32, device=q.device)
+    grid = (cdiv(q_rows.numel(), block_q), batch * heads)
+    _block_lse_kernel[grid](
+        q, k, q_rows, k_rows, k_valid.to(torch.int8), out,
+        length_q, k.shape[2], q_rows.numel(), num_k_blocks, float(sm_scale) * LOG2_E,
+        HEAD_DIM=dim, BLOCK_Q=block_q, SLOTS=slots, BLOCKS_PER_TILE=blocks_per_tile,
+        INTERPRETED=not q.is_cuda, num_warps=4,
+    )
+    return out

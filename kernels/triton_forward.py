@@ -1,0 +1,186 @@
+"""Pyramid attention forward: one launch, all levels, online softmax in the exp2 domain.
+
+One program per (query block, head), ordered heaviest block first within each head. For each
+level s (``_fwd_level`` inlined four times, each with its own K/V base pointer) the program walks the
+level's entries of its compact list as one concatenated sequence of pooled rows, TILE_s rows at a
+time: row t belongs to entry e = t // R (R = block_n / s pooled rows per key block) and is pooled
+row idx[e] * R + t % R. So several small pooled blocks share one tensor-core tile (eight 8-row
+level-8 blocks of block_n = 64 fill a 64-row tile), and a level-s block costs 1/s of a level-1
+block. Pooled row r stands for n_r = min(s, Lk - r*s) tokens: its logit gets + log2(n_r); rows
+past the pooled length and list padding get -inf. Saves the base-2 log-sum-exp for the backward.
+A query block with an empty list writes zeros (and LSE 0, never read).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_launch import kernel
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dot(a, b, DOT_PREC: tl.constexpr):
+    """tl.dot; DOT_PREC "cpu" (interpreter) multiplies in fp32: its half-precision dot is wrong."""
+    if DOT_PREC == "cpu":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _fwd_level(
+    q, m_i, l_i, acc, KB, VB, list_ptr, cnt, bh, Lk, qk_scale, d,
+    S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Online-softmax update of one query tile over the packed pooled rows of one level."""
+    R = BLOCK_N // S
+    Ls = (Lk + S - 1) // S
+    n_rows = cnt * R
+    kv_base = bh * Ls * HEAD_DIM
+    for t0 in tl.range(0, n_rows, TILE, num_stages=STAGES):
+        t = t0 + tl.arange(0, TILE)
+        in_list = t < n_rows
+        blk = tl.load(list_ptr + t // R, mask=in_list, other=0)
+        r = blk * R + t % R
+        valid = in_list & (r < Ls)
+        kv_off = kv_base + r[:, None] * HEAD_DIM + d[None, :]
+        k = tl.load(KB + kv_off, mask=valid[:, None], other=0.0)
+        v = tl.load(VB + kv_off, mask=valid[:, None], other=0.0)
+        if S == 1:
+            bias = tl.where(valid, 0.0, float("-inf"))
+        else:
+            n = tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
+            bias = tl.where(valid, tl.log2(n), float("-inf"))
+        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _fwd_level1_tma(
+    q, m_i, l_i, acc, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
+    BLOCK_N: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Level 1 with tensor-memory-accelerator loads: TILE (<= block_n) contiguous key rows.
+
+    KD/VD describe K/V as [B*H*Lk, D]; rows past this head's Lk (next head, or zero fill past
+    the tensor) are masked by the -inf bias.
+    """
+    for it in tl.range(0, cnt * (BLOCK_N // TILE), num_stages=STAGES):
+        blk = tl.load(list_ptr + it // (BLOCK_N // TILE))
+        start = blk * BLOCK_N + (it % (BLOCK_N // TILE)) * TILE
+        row = (bh * Lk + start).to(tl.int32)
+        k = KD.load([row, 0])
+        v = VD.load([row, 0])
+        bias = tl.where(start + tl.arange(0, TILE) < Lk, 0.0, float("-inf"))
+        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@kernel
+def _pyramid_fwd_kernel(
+    Q, K1, V1, K2, V2, K4, V4, K8, V8, K1D, V1D,
+    IDX, CNT, ORDER, OUT, LSE,
+    qk_scale, Lq, Lk, n_qb, n_kb,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    TILE1: tl.constexpr, TILE2: tl.constexpr, TILE4: tl.constexpr, TILE8: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, REORDER: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    if REORDER:
+        i = tl.load(ORDER + bh * n_qb + pid)
+    else:
+        i = pid
+    row = bh * n_qb + i
+    offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + d[None, :],
+                mask=(offs_m < Lq)[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    lst = IDX + row * n_kb
+    c1 = tl.load(CNT + row * 4 + 0)
+    c2 = tl.load(CNT + row * 4 + 1)
+    c4 = tl.load(CNT + row * 4 + 2)
+    c8 = tl.load(CNT + row * 4 + 3)
+    if USE_TMA:
+        m_i, l_i, acc = _fwd_level1_tma(q, m_i, l_i, acc, K1D, V1D, lst, c1, bh, Lk, qk_scale,
+                                        BLOCK_N, TILE1, STAGES, DOT_PREC)
+    else:
+        m_i, l_i, acc = _fwd_level(q, m_i, l_i, acc, K1, V1, lst, c1, bh, Lk, qk_scale, d,
+                                   1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC)
+    m_i, l_i, acc = _fwd_level(q, m_i, l_i, acc, K2, V2, lst + c1, c2, bh, Lk, qk_scale, d,
+                               2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC)
+    m_i, l_i, acc = _fwd_level(q, m_i, l_i, acc, K4, V4, lst + c1 + c2, c4, bh, Lk, qk_scale, d,
+                               4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC)
+    m_i, l_i, acc = _fwd_level(q, m_i, l_i, acc, K8, V8, lst + c1 + c2 + c4, c8, bh, Lk, qk_scale, d,
+                               8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC)
+    nonempty = l_i > 0
+    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
+    tl.store(OUT + bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + d[None, :],
+             out.to(OUT.dtype.element_ty), mask=(offs_m < Lq)[:, None])
+    tl.store(LSE + bh * Lq + offs_m, lse, mask=offs_m < Lq)
+
+
+def dot_precision(t: torch.Tensor) -> str:
+    """fp32 inputs get exact fp32 products (tf32 would miss the fp32 error bar); halves ignore it.
+
+    Interpreted runs (CPU tensors) multiply in fp32 after rounding the operands to the input
+    dtype exactly as the GPU does: triton's interpreter gets bf16 dot products wrong (3.8).
+    """
+    if t.device.type == "cpu":
+        return "cpu"
+    return "ieee" if t.dtype == torch.float32 else "tf32"
+
+
+def level1_descriptors(k, v, tile, block_n, enabled):
+    """TMA descriptors of K, V as [B*H*Lk, D] with (tile, D) boxes, or (None, None) when the
+    config or the shapes don't allow them (fp32, a tile wider than a key block)."""
+    if not enabled or k.dtype == torch.float32 or tile > block_n or block_n % tile:
+        return None, None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    dim = k.shape[-1]
+    return (TensorDescriptor.from_tensor(k.view(-1, dim), [tile, dim]),
+            TensorDescriptor.from_tensor(v.view(-1, dim), [tile, dim]))
+
+
+def pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg):
+    """out [B,H,Lq,D] (q's dtype) and base-2 LSE [B,H,Lq] (fp32) of contiguous q, k, v."""
+    batch, heads, length_q, dim = q.shape
+    length_k = k.shape[2]
+    n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
+    out = torch.empty_like(q)
+    lse = torch.empty((batch, heads, length_q), dtype=torch.float32, device=q.device)
+    (k2, v2), (k4, v4), (k8, v8) = pyramid
+    grid = (n_qb, batch * heads)
+    kd, vd = level1_descriptors(k, v, cfg.fwd_tiles[0], block_n, cfg.fwd_tma)
+    _pyramid_fwd_kernel[grid](
+        q, k, v, k2, v2, k4, v4, k8, v8, kd, vd,
+        plan.idx, plan.cnt, plan.order, out, lse,
+        sm_scale * LOG2E, length_q, length_k, n_qb, n_kb,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim,
+        TILE1=cfg.fwd_tiles[0], TILE2=cfg.fwd_tiles[1], TILE4=cfg.fwd_tiles[2], TILE8=cfg.fwd_tiles[3],
+        STAGES=cfg.fwd_stages, DOT_PREC=dot_precision(q), USE_TMA=kd is not None,
+        REORDER=plan.order is not None, num_warps=cfg.fwd_warps,
+    )
+    return out, lse

@@ -1,0 +1,192 @@
+"""Triton pyramid attention against the float64 reference: outputs and dq, dk, dv.
+
+CPU runs use the Triton interpreter. No TRITON_INTERPRET juggling is needed here: the kernels
+choose the interpreter per launch when their tensors live on the CPU (kernels/triton_launch.py),
+so the tests pass whatever other test modules imported first. Shapes are tiny (the interpreter
+runs every program in Python); each case takes a few seconds on one core.
+
+Tolerance (DESIGN.md §5, FlashAttention's rule): the kernel's error against float64 is at most
+about twice the error of the same computation done by PyTorch in the input dtype (plus a small
+absolute slack). GPU tests (`-m gpu`) use large shapes and METHOD.md's bar for bf16 (< 1e-2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from psa_train.kernels import mean_pool, pyramid_attention, reference_pyramid_attention  # noqa: E402
+from psa_train.kernels.block_lists import build_plan  # noqa: E402
+from psa_train.kernels.triton_pyramid import build_pyramid  # noqa: E402
+
+LEVELS = torch.tensor([0, 1, 2, 4, 8])
+
+
+def random_levels(batch, heads, n_qb, n_kb, generator, device="cpu", empty_block=True):
+    """Random map using every level; every row gets a level-1 block, one block row is empty."""
+    lv = LEVELS[torch.randint(0, 5, (batch, heads, n_qb, n_kb), generator=generator)]
+    cols = torch.randint(0, n_kb, (batch, heads, n_qb), generator=generator)
+    lv.scatter_(-1, cols[..., None], 1)
+    if empty_block and n_qb > 1:
+        lv[0, -1, n_qb // 2] = 0
+    return lv.to(device)
+
+
+def lowp_attention(q, k, v, levels, block_m, block_n, sm_scale):
+    """The pyramid attention of DESIGN.md §1 computed in the inputs' own dtype (dense mask)."""
+    keys, values, bias, level_of, block_of = [], [], [], [], []
+    for s in (1, 2, 4, 8):
+        kp, counts = mean_pool(k, s)
+        keys.append(kp)
+        values.append(mean_pool(v, s)[0])
+        bias.append(torch.log(counts.float()).to(q.dtype))
+        rows = torch.arange(kp.shape[-2])
+        level_of.append(torch.full_like(rows, s))
+        block_of.append(rows * s // block_n)
+    keys, values, bias = torch.cat(keys, -2), torch.cat(values, -2), torch.cat(bias)
+    level_of, block_of = torch.cat(level_of), torch.cat(block_of)
+    seen = levels.long()[..., block_of].repeat_interleave(block_m, dim=2)[:, :, : q.shape[-2]]
+    allowed = seen == level_of
+    logits = (q @ keys.transpose(-1, -2)) * sm_scale + bias
+    any_key = allowed.any(-1, keepdim=True)
+    logits = logits.masked_fill(~allowed, float("-inf")).masked_fill(~any_key, 0.0)
+    p = torch.softmax(logits, dim=-1) * any_key
+    return p @ values
+
+
+def rel_err(x, ref):
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def run_case(batch, heads, lq, lk, dim, dtype, block_m, block_n, seed, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, n, dim, generator=gen).to(device, dtype) for n in (lq, lk, lk))
+    do = torch.randn(batch, heads, lq, dim, generator=gen).to(device, dtype)
+    levels = random_levels(batch, heads, -(-lq // block_m), -(-lk // block_n), gen, device)
+    scale = 1.0 / math.sqrt(dim)
+
+    qt, kt, vt = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = pyramid_attention(qt, kt, vt, levels, block_m, block_n, scale, backend="triton")
+    out.backward(do)
+    got = [out, qt.grad, kt.grad, vt.grad]
+    for t in got:
+        assert t.dtype == dtype and torch.isfinite(t).all()
+
+    q64, k64, v64 = (t.double().requires_grad_(True) for t in (q, k, v))
+    ref = reference_pyramid_attention(q64, k64, v64, levels, block_m, block_n, scale)
+    ref.backward(do.double())
+    want = [ref.detach(), q64.grad, k64.grad, v64.grad]
+    return got, want, (q, k, v, do, levels, scale)
+
+
+CPU_CASES = [
+    # batch, heads, Lq, Lk, D, dtype, block_m, block_n
+    (1, 2, 150, 200, 64, torch.bfloat16, 64, 32),  # tails on both sides, Lq != Lk
+    (1, 1, 140, 130, 128, torch.float16, 128, 64),  # Lk tail of 2 tokens: short pooled groups
+    (2, 1, 100, 100, 64, torch.float32, 64, 128),  # one partial key block, fp32
+    (1, 2, 70, 45, 128, torch.bfloat16, 64, 32),  # short keys: tail block inside level-8 groups
+]
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"L{c[2]}x{c[3]}-D{c[4]}-{str(c[5])[6:]}-{c[6]}x{c[7]}")
+def test_triton_matches_reference_cpu(case):
+    batch, heads, lq, lk, dim, dtype, bm, bn = case
+    got, want, (q, k, v, do, levels, scale) = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=lq + lk)
+    # the same computation by PyTorch in the input dtype: the error budget
+    ql, kl, vl = (t.clone().requires_grad_(True) for t in (q, k, v))
+    low = lowp_attention(ql, kl, vl, levels, bm, bn, scale)
+    low.backward(do)
+    lows = [low.detach(), ql.grad, kl.grad, vl.grad]
+    for name, g, w, lo in zip(("out", "dq", "dk", "dv"), got, want, lows):
+        err, budget = rel_err(g, w), 2.0 * rel_err(lo, w) + 1e-4
+        assert err <= budget, f"{name}: error {err:.2e} > budget {budget:.2e}"
+
+
+def test_plain_grid_order_cpu():
+    """heavy_first=False (no argsort orders) computes the same function."""
+    from psa_train.kernels import tuning
+
+    tuning.OVERRIDE = tuning.replace(tuning.default_config(64, 64, 32, torch.bfloat16), heavy_first=False)
+    try:
+        got, want, _ = run_case(1, 1, 130, 100, 64, torch.bfloat16, 64, 32, seed=5)
+    finally:
+        tuning.OVERRIDE = None
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1.5e-2
+
+
+def test_empty_rows_give_zeros_and_zero_grads_cpu():
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 96, 64, generator=gen, dtype=torch.bfloat16).requires_grad_(True) for _ in range(3))
+    levels = torch.zeros(1, 2, 2, 3, dtype=torch.long)
+    levels[0, 0, 0, 1] = 4  # one query block of head 0 sees one pooled block; the rest is empty
+    out = pyramid_attention(q, k, v, levels, 64, 32, backend="triton")
+    out.float().square().sum().backward()
+    assert torch.isfinite(out).all() and out[0, 1].abs().max() == 0 and out[0, 0, 64:].abs().max() == 0
+    assert out[0, 0, :64].abs().max() > 0
+    assert q.grad[0, 1].abs().max() == 0 and k.grad[0, 1].abs().max() == 0 and v.grad[0, 1].abs().max() == 0
+    # only key block 1 (tokens 32..63) was seen, and only by head 0
+    assert k.grad[0, 0, :32].abs().max() == 0 and k.grad[0, 0, 64:].abs().max() == 0
+    assert v.grad[0, 0, 32:64].abs().max() > 0
+    for t in (q.grad, k.grad, v.grad):
+        assert torch.isfinite(t).all()
+
+
+def test_block_lists_match_a_python_scan():
+    gen = torch.Generator().manual_seed(2)
+    levels = LEVELS[torch.randint(0, 5, (2, 3, 5, 37), generator=gen)]
+    plan = build_plan(levels, 64)
+    lv = levels.reshape(6, 5, 37)
+    for bh in range(6):
+        for i in range(5):
+            expect = [j for s in (1, 2, 4, 8) for j in range(37) if lv[bh, i, j] == s]
+            counts = [int((lv[bh, i] == s).sum()) for s in (1, 2, 4, 8)]
+            assert plan.cnt[bh, i].tolist() == counts
+            assert plan.idx[bh, i, : len(expect)].tolist() == expect
+        work = (plan.cnt[bh].long() * torch.tensor([64, 32, 16, 8])).sum(-1)
+        assert work[plan.order[bh].long()].tolist() == sorted(work.tolist(), reverse=True)
+        for j in range(37):
+            expect = [i for i in range(5) if lv[bh, i, j] == 1]
+            assert plan.cnt_t[bh, j] == len(expect)
+            assert plan.idx_t[bh, j, : len(expect)].tolist() == expect
+
+
+def test_pyramid_matches_mean_pool():
+    gen = torch.Generator().manual_seed(3)
+    k, v = (torch.randn(1, 2, 203, 64, generator=gen) for _ in range(2))
+    for (kp, vp), s in zip(build_pyramid(k, v), (2, 4, 8)):
+        torch.testing.assert_close(kp, mean_pool(k, s)[0])
+        torch.testing.assert_close(vp, mean_pool(v, s)[0])
+
+
+# ---------------------------------------------------------------------------------- GPU
+GPU_CASES = [
+    (2, 4, 4000, 4100, 64, torch.bfloat16, 128, 32),
+    (1, 4, 8192, 8192, 128, torch.float16, 64, 128),
+    (1, 2, 32760, 32760, 128, torch.bfloat16, 128, 64),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"L{c[2]}x{c[3]}-D{c[4]}-{str(c[5])[6:]}-{c[6]}x{c[7]}")
+def test_triton_matches_reference_gpu(case):
+    batch, heads, lq, lk, dim, dtype, bm, bn = case
+    got, want, _ = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=7, device="cuda")
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        err = rel_err(g, w)
+        assert err < 1e-2, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_empty_rows_and_fp32():
+    got, want, (q, *_rest, levels, _) = run_case(1, 2, 1000, 1500, 64, torch.float32, 64, 64, seed=9, device="cuda")
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-4
+    empty = (levels == 0).all(-1).repeat_interleave(64, dim=2)[..., :1000]
+    assert empty.any() and got[0][empty].abs().max() == 0 and got[1][empty].abs().max() == 0
