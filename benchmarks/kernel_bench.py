@@ -179,20 +179,40 @@ def sweep(device, gen, log):
 
 
 def scoring_time(q, k):
+    """Block scoring + level assignment at the benchmark's default config and the Wan preset."""
     try:
         from psa_train.attention import PSAConfig, assign_levels, block_scores, key_similarity
     except Exception as exc:  # the scoring modules are written elsewhere
         return {"error": repr(exc)}
-    cfg = PSAConfig()
     qd, kd = q.detach(), k.detach()
     res = {}
-    res["block_scores"] = bench(lambda: block_scores(qd, kd, cfg.block_m, cfg.block_n, cfg.sample_fraction, cfg.score_reduction))
-    scores = block_scores(qd, kd, cfg.block_m, cfg.block_n, cfg.sample_fraction, cfg.score_reduction)
-    res["assign_levels"] = bench(lambda: assign_levels(scores, cfg))
-    if any(t is not None for t in cfg.similarity_thresholds.values()):
-        res["key_similarity"] = bench(lambda: key_similarity(kd, cfg.block_n))
-    res["total"] = sum(res.values())
+    for name, cfg in (("default", PSAConfig()), ("wan21_1_3b", PSAConfig.wan21_1_3b())):
+        score = lambda: block_scores(qd, kd, cfg.block_m, cfg.block_n, cfg.sample_fraction, cfg.score_reduction)  # noqa: E731
+        part = {"block_scores": bench(score)}
+        scores = score()
+        part["assign_levels"] = bench(lambda: assign_levels(scores, cfg))
+        if any(t is not None for t in cfg.similarity_thresholds.values()):
+            part["key_similarity"] = bench(lambda: key_similarity(kd, cfg.block_n))
+        part["total"] = sum(part.values())
+        res[f"{name} ({cfg.band_mode}, block_n={cfg.block_n})"] = {key: round(v, 3) for key, v in part.items()}
     return res
+
+
+def scoring_kernel_sweep(q, k, log):
+    """Time the block log-sum-exp kernel alone over tile shapes and warps (Wan shape, block_n 64/32)."""
+    from psa_train.attention.scoring import padded_samples
+    from psa_train.kernels.triton_block_scores import block_logsumexp2
+
+    for block_n in (64, 32):
+        q_rows, _ = padded_samples(q.shape[2], BLOCK_M, 0.25, q.device)
+        k_rows, k_valid = padded_samples(k.shape[2], block_n, 0.25, k.device)
+        args = (q, k, q_rows.flatten(), k_rows.flatten(), k_valid.flatten(), k_rows.shape[1], 0.088)
+        for block_q, warps, tile in ((64, 4, 64), (128, 4, 64), (128, 8, 64), (64, 4, 128), (128, 8, 128)):
+            try:
+                ms = bench(lambda: block_logsumexp2(*args, block_q=block_q, num_warps=warps, tile_slots=tile))
+                log(f"scoring kernel block_n={block_n} block_q={block_q} warps={warps} tile={tile}: {ms:.3f} ms")
+            except Exception as exc:  # a shape that does not compile or fit
+                log(f"scoring kernel block_n={block_n} block_q={block_q} warps={warps} tile={tile}: FAILED {exc!r:.120}")
 
 
 def main():
@@ -215,6 +235,7 @@ def main():
     if args.scoring_only:
         q, k, _, _ = inputs(SHAPES["wan"], device, gen)
         print(f"scoring+assignment at wan (ms): {scoring_time(q, k)}")
+        scoring_kernel_sweep(q, k, log)
         return
     result = {"rows": [], "dense": {}, "stages": {}, "config": None}
     if args.sweep:

@@ -29,3 +29,16 @@ def test_triton_scores_take_bfloat16_inputs():
     expected = block_scores(q, k, 64, 32, 0.25, "max", backend="torch")  # float32 of the same values
     got = block_scores(q, k, 64, 32, 0.25, "max", backend="triton")
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("length,block_n", [(32760, 64), (32760, 32), (1568, 64)])
+def test_compiled_scores_match_float32_torch_on_gpu(length, block_n):
+    gen = torch.Generator(device="cuda").manual_seed(length)
+    q = torch.randn(1, 12, length, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
+    k = torch.randn(1, 12, length, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
+    expected = block_scores(q, k, 128, block_n, 0.25, "max", backend="torch")
+    got = block_scores(q, k, 128, block_n, 0.25, "max", backend="auto")  # the compiled kernel
+    relative = (got - expected).norm() / expected.norm()
+    assert relative < 1e-2, relative

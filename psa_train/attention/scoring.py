@@ -7,6 +7,7 @@ bounded at long sequence lengths (B=1, H=12, L=32760 peaks at a few hundred MB).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -38,16 +39,23 @@ def padded_samples(length: int, block: int, fraction: float, device=None) -> tup
     """`sample_positions` laid out as [blocks, slots] with a validity mask.
 
     Every block gets the same power-of-two number of slots (the most any block samples), so
-    per-block reductions are reshapes; slots a block does not use are marked invalid.
+    per-block reductions are reshapes; slots a block does not use are marked invalid. Built once
+    per (length, block, fraction) on the CPU and cached, so a GPU caller never waits on the host.
     """
-    idx, blk = sample_positions(length, block, fraction, device)
+    rows, valid = _padded_samples_cpu(length, block, fraction)
+    return rows.to(device, non_blocking=True), valid.to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _padded_samples_cpu(length: int, block: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    idx, blk = sample_positions(length, block, fraction)
     blocks = -(-length // block)
     counts = torch.bincount(blk, minlength=blocks)
     slots = 1 << (int(counts.max()) - 1).bit_length()
     first = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(idx.numel(), device=idx.device) - first[blk]
-    rows = torch.zeros(blocks, slots, dtype=torch.long, device=idx.device)
-    valid = torch.zeros(blocks, slots, dtype=torch.bool, device=idx.device)
+    slot = torch.arange(idx.numel()) - first[blk]
+    rows = torch.zeros(blocks, slots, dtype=torch.long)
+    valid = torch.zeros(blocks, slots, dtype=torch.bool)
     rows[blk, slot] = idx
     valid[blk, slot] = True
     return rows, valid
