@@ -2,6 +2,7 @@
 
 from .annealing import SparsityAnnealing
 from .metrics import LevelShareMetric, RelativeErrorMetric
+from .samples import SampleVideos
 from .stats import AttentionStats
 
-__all__ = ["AttentionStats", "LevelShareMetric", "RelativeErrorMetric", "SparsityAnnealing"]
+__all__ = ["AttentionStats", "LevelShareMetric", "RelativeErrorMetric", "SampleVideos", "SparsityAnnealing"]
