@@ -45,6 +45,8 @@ def tiny_recipe(tmp_path: Path, demo: Path, *, every_n_steps: int = 10, **traine
     ckpt = cfg["trainer"]["callbacks"][0]["init_args"]
     ckpt["dirpath"] = str(run / "checkpoints")
     ckpt["every_n_train_steps"] = every_n_steps
+    # Sampling clips at every validation is slow and tested on its own (test_sample_videos.py).
+    cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"] if "SampleVideos" not in c["class_path"]]
     cfg["trainer"]["enable_progress_bar"] = False
     cfg["trainer"].update(trainer)
     data = cfg["data"]["init_args"]
