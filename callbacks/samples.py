@@ -198,14 +198,26 @@ class SampleVideos(pl.Callback):
             self.last_written.append(save_level_map(levels, folder / name))
 
     def _log_to_tensorboard(self, trainer, name: str, clip: np.ndarray) -> None:
+        """An animated GIF image summary: TensorBoard plays it, and it needs no moviepy."""
         from lightning.pytorch.loggers import TensorBoardLogger
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
         for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                continue
-            video = torch.from_numpy(clip).permute(0, 3, 1, 2).unsqueeze(0)  # [1, T, 3, H, W]
-            try:
-                logger.experiment.add_video(f"samples/{name}", video, trainer.global_step, fps=self.fps)
-            except ImportError:  # add_video needs moviepy; without it log a strip of frames
-                strip = torch.cat(list(video[0, :: max(1, video.shape[1] // 4)]), dim=-1)
-                logger.experiment.add_image(f"samples/{name}", strip, trainer.global_step)
+            if isinstance(logger, TensorBoardLogger):
+                image = Summary.Image(height=clip.shape[1], width=clip.shape[2], colorspace=3,
+                                      encoded_image_string=_gif_bytes(clip, self.fps))
+                summary = Summary(value=[Summary.Value(tag=f"samples/{name}", image=image)])
+                logger.experiment._get_file_writer().add_summary(summary, trainer.global_step)
+
+
+def _gif_bytes(frames: np.ndarray, fps: int) -> bytes:
+    """uint8 frames [T, H, W, 3] -> an endlessly looping GIF."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
+                   duration=max(1, round(1000 / fps)), loop=0)
+    return buffer.getvalue()

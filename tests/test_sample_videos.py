@@ -40,7 +40,12 @@ def test_sample_videos_writes_side_by_side_mp4_metrics_and_level_map(tmp_path):
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["samples/psnr"]) and metrics["samples/psnr"] > 0
     assert -1.0 <= metrics["samples/ssim"] <= 1.0
-    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    clip = events.Images("samples/prompt0_seed0")[0]
+    assert clip.encoded_image_string[:6] == b"GIF89a" and (clip.width, clip.height) == (128, 64)
 
 
 def test_student_equal_to_teacher_gives_perfect_ssim(tmp_path):
