@@ -207,12 +207,15 @@ def scoring_kernel_sweep(q, k, log):
         q_rows, _ = padded_samples(q.shape[2], BLOCK_M, 0.25, q.device)
         k_rows, k_valid = padded_samples(k.shape[2], block_n, 0.25, k.device)
         args = (q, k, q_rows.flatten(), k_rows.flatten(), k_valid.flatten(), k_rows.shape[1], 0.088)
-        for block_q, warps, tile in ((64, 4, 64), (128, 4, 64), (128, 8, 64), (64, 4, 128), (128, 8, 128)):
-            try:
-                ms = bench(lambda: block_logsumexp2(*args, block_q=block_q, num_warps=warps, tile_slots=tile))
-                log(f"scoring kernel block_n={block_n} block_q={block_q} warps={warps} tile={tile}: {ms:.3f} ms")
-            except Exception as exc:  # a shape that does not compile or fit
-                log(f"scoring kernel block_n={block_n} block_q={block_q} warps={warps} tile={tile}: FAILED {exc!r:.120}")
+        for segment_sum in ("reshape", "dot"):
+            for block_q, warps, tile in ((64, 4, 64), (128, 4, 64), (128, 8, 64), (128, 8, 128)):
+                name = f"block_n={block_n} {segment_sum} block_q={block_q} warps={warps} tile={tile}"
+                try:
+                    ms = bench(lambda: block_logsumexp2(*args, block_q=block_q, num_warps=warps, tile_slots=tile,
+                                                        segment_sum=segment_sum))
+                    log(f"scoring kernel {name}: {ms:.3f} ms")
+                except Exception as exc:  # a shape that does not compile or fit
+                    log(f"scoring kernel {name}: FAILED {exc!r:.120}")
 
 
 def main():

@@ -166,3 +166,32 @@ def test_budget_property_and_config_copy():
         layer.budget = 1.5
     assert layer.budget == 0.25
     assert "budget=0.25" in repr(layer)
+
+
+def test_checkpointed_recompute_reuses_the_levels_of_its_forward(monkeypatch):
+    """Activation checkpointing re-runs the layer in backward: no second scoring, same gradients."""
+    import psa_train.attention.layer as layer_module
+    from torch.utils.checkpoint import checkpoint
+
+    calls = []
+    real_scores = layer_module.block_scores
+    monkeypatch.setattr(layer_module, "block_scores", lambda *a, **k: calls.append(1) or real_scores(*a, **k))
+    config = PSAConfig(block_m=64, block_n=32, band_mode="quota", bands={1: 0.25, 2: 0.25, 4: 0.0, 8: 0.25})
+    layer = PSAAttention(config)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 256, 16, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    plain = layer(q, k, v)
+    plain.sum().backward()
+    plain_grads = [t.grad.clone() for t in (q, k, v)]
+    assert len(calls) == 1
+    for t in (q, k, v):
+        t.grad = None
+
+    calls.clear()
+    out = checkpoint(layer, q, k, v, use_reentrant=False)
+    out.sum().backward()
+    assert len(calls) == 1  # the forward scored; its recomputation in backward did not
+    torch.testing.assert_close(out, plain)
+    for t, expected in zip((q, k, v), plain_grads):
+        torch.testing.assert_close(t.grad, expected)

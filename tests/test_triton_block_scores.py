@@ -31,6 +31,26 @@ def test_triton_scores_take_bfloat16_inputs():
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("segment_sum", ["reshape", "dot"])
+@pytest.mark.parametrize("block_n,fraction", [(32, 0.25), (64, 0.25), (128, 0.25), (64, 0.3)])
+def test_block_logsumexp_variants_match_torch(segment_sum, block_n, fraction):
+    import math
+
+    from psa_train.attention.scoring import _block_lse_torch, padded_samples
+    from psa_train.kernels.triton_block_scores import block_logsumexp2
+
+    gen = torch.Generator().manual_seed(block_n)
+    q = torch.randn(1, 2, 200, 64, generator=gen)
+    k = torch.randn(1, 2, 300, 64, generator=gen)
+    q_rows, _ = padded_samples(200, 64, fraction)
+    k_rows, k_valid = padded_samples(300, block_n, fraction)
+    args = (q, k, q_rows.flatten(), k_rows.flatten(), k_valid.flatten(), k_rows.shape[1], 0.125)
+    expected = _block_lse_torch(*args, chunk_elements=1 << 20) / math.log(2.0)
+    got = block_logsumexp2(*args, segment_sum=segment_sum)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("length,block_n", [(32760, 64), (32760, 32), (1568, 64)])

@@ -49,6 +49,7 @@ class PSAAttention(nn.Module):
         self.config = dataclasses.replace(config) if config is not None else PSAConfig()
         self.force_level: int | None = None
         self.keep_levels = False
+        self._stashed: tuple | None = None  # (call key, levels) of the last forward with grad
         self.last_levels: torch.Tensor | None = None
         self._last_counts: torch.Tensor | None = None
 
@@ -111,11 +112,26 @@ class PSAAttention(nn.Module):
             perm, inv = layout_permutation(tuple(grid), cfg.layout, cfg.tile_size, cfg.prefix_tokens, q.device)
             q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]
 
-        levels = self.select_levels(q, k, sm_scale)
+        levels = self._levels_for(q, k, sm_scale)
         out = pyramid_attention(
             q, k, v, levels, block_m=cfg.block_m, block_n=cfg.block_n, sm_scale=sm_scale, backend=cfg.backend
         )
         return out if inv is None else out[:, :, inv]
+
+    def _levels_for(self, q: torch.Tensor, k: torch.Tensor, sm_scale: float | None) -> torch.Tensor:
+        """`select_levels`, except when activation checkpointing re-runs this forward.
+
+        The recomputation (inside the backward pass) gets the same q and k, so it reuses the levels
+        of the forward it repeats instead of scoring again: one scoring per layer and step.
+        """
+        key = (tuple(q.shape), tuple(k.shape), q.device, self.config.budget, self.force_level, sm_scale)
+        if _in_backward_pass():
+            if self._stashed is not None and self._stashed[0] == key:
+                return self._stashed[1].to(torch.int32)
+            return self.select_levels(q, k, sm_scale)
+        levels = self.select_levels(q, k, sm_scale)
+        self._stashed = (key, levels.to(torch.int8)) if torch.is_grad_enabled() else None
+        return levels
 
     @torch.no_grad()
     def select_levels(self, q: torch.Tensor, k: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:
@@ -137,3 +153,9 @@ class PSAAttention(nn.Module):
         if self.keep_levels:
             self.last_levels = levels.detach()
         return levels
+
+
+def _in_backward_pass() -> bool:
+    """True while autograd runs a backward pass (where checkpointed forwards are re-run)."""
+    current_task = getattr(torch._C, "_current_graph_task_id", None)
+    return current_task is not None and current_task() != -1
