@@ -17,6 +17,7 @@ from . import __version__
 
 TOOL_COMMANDS = {
     "data": "psa_train.data.cli",
+    "export": "psa_train.export.cli",
 }
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 
