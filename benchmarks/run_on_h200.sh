@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the GPU tests and benchmarks on a bare GPU machine whose python3 has torch and triton.
 # Wheels for packages that machine lacks (diffusers, importlib_metadata, ...) are taken from
-# .whl/ when present. Logs go to $OUT (or ./gpu_logs). Steps: tests scoring kernels wan.
+# .whl/ when present. Logs go to $OUT (or ./gpu_logs). Steps: tests scoring kernels wan wan_quick
+# scoring_tests videomae.
 #   bash benchmarks/run_on_h200.sh tests scoring wan
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,11 @@ for step in "$@"; do
         scoring) python3 benchmarks/kernel_bench.py --scoring-only 2>&1 | tee "$out/scoring.log" ;;
         kernels) python3 benchmarks/kernel_bench.py --json "$out/kernel_bench.json" 2>&1 | tee "$out/kernel_bench.log" ;;
         wan) python3 benchmarks/wan_step_bench.py 2>&1 | tee "$out/wan_step.log" ;;
+        wan_quick) python3 benchmarks/wan_step_bench.py --variants dense-cudnn psa --skip-attention 2>&1 \
+            | tee "$out/wan_step_quick.log" ;;
+        scoring_tests) python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_triton_block_scores.py 2>&1 \
+            | tee "$out/scoring_tests.log" ;;
+        videomae) python3 benchmarks/videomae_step_bench.py 2>&1 | tee "$out/videomae_step.log" ;;
         *) echo "unknown step $step"; status=2 ;;
     esac
     [ "${PIPESTATUS[0]:-0}" -eq 0 ] || status=1
