@@ -2,7 +2,10 @@
 
 Kept free of Lightning so that the data tools start fast. Batches are
 `{"video": [B, 3, T, H, W] in [-1, 1], "caption": [str], "key": [str], "meta": [dict]}`;
-`meta` is the sample's json (empty when it has none).
+`meta` is the sample's json (empty when it has none). With a `label_key` the batch also holds
+`"label"`: a LongTensor [B] read from the sample's `{key}.<label_key>` member (e.g. `.cls`,
+WebDataset's class-label convention) or else from that field of its json (e.g. the demo's
+`shape` / `motion`); a sample without it is bad (skipped and counted).
 """
 
 from __future__ import annotations
@@ -18,6 +21,17 @@ from .video_decode import VideoDecodeError, decode_video
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi", "m4v")
 CAPTION_KEYS = ("caption", "text", "prompt")
+
+
+def read_label(raw: RawSample, meta: dict, label_key: str) -> int:
+    """Integer class label: the `{key}.<label_key>` member if present, else `meta[label_key]`."""
+    value = raw[label_key].decode("utf-8", errors="replace").strip() if label_key in raw else meta.get(label_key)
+    try:
+        if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadSample(f"no integer label {label_key!r} (got {value!r})") from None
 
 
 def read_caption(raw: RawSample) -> tuple[str, dict]:
@@ -54,9 +68,11 @@ class VideoSampleDecoder:
         frame_stride: int = 1,
         train: bool = False,
         seed: int = 0,
+        label_key: str | None = None,
     ) -> None:
         self.num_frames, self.height, self.width = num_frames, height, width
         self.fps, self.frame_stride, self.train, self.seed = fps, frame_stride, train, seed
+        self.label_key = label_key
 
     def __call__(self, raw: RawSample, epoch: int) -> dict:
         ext = next((e for e in VIDEO_EXTENSIONS if e in raw), None)
@@ -77,13 +93,19 @@ class VideoSampleDecoder:
         except VideoDecodeError as err:
             raise BadSample(str(err)) from err
         caption, meta = read_caption(raw)
-        return {"video": video, "caption": caption, "key": raw["__key__"], "meta": meta}
+        sample = {"video": video, "caption": caption, "key": raw["__key__"], "meta": meta}
+        if self.label_key is not None:
+            sample["label"] = read_label(raw, meta, self.label_key)
+        return sample
 
 
 def collate_videos(samples: list[dict]) -> dict:
-    return {
+    batch = {
         "video": torch.stack([s["video"] for s in samples]),
         "caption": [s["caption"] for s in samples],
         "key": [s["key"] for s in samples],
         "meta": [s["meta"] for s in samples],
     }
+    if samples and all("label" in s for s in samples):
+        batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+    return batch

@@ -25,6 +25,9 @@ class VideoShardDataModule(ShardDataModule):
         shuffle_buffer: samples held for shuffling (training only); 0 or 1 disables.
         seed: seeds shard order, shuffle buffer and random starts (per epoch).
         split: "auto", "shard" or "sample" (see psa_train.data.sharding).
+        label_key: when set, batches carry `"label"` (LongTensor [B]) from each sample's
+            `{key}.<label_key>` member (e.g. "cls") or that field of its json (e.g. the demo's
+            "shape" or "motion"); samples without it are skipped and counted.
     """
 
     collate_fn = staticmethod(collate_videos)
@@ -48,6 +51,7 @@ class VideoShardDataModule(ShardDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
+        label_key: str | None = None,
     ) -> None:
         super().__init__(
             train_shards,
@@ -66,6 +70,7 @@ class VideoShardDataModule(ShardDataModule):
         self.save_hyperparameters()
         self.num_frames, self.height, self.width = num_frames, height, width
         self.fps, self.frame_stride = fps, frame_stride
+        self.label_key = label_key
 
     def decoder(self, train: bool) -> VideoSampleDecoder:
         return VideoSampleDecoder(
@@ -76,4 +81,5 @@ class VideoShardDataModule(ShardDataModule):
             frame_stride=self.frame_stride,
             train=train,
             seed=self.seed,
+            label_key=self.label_key,
         )

@@ -53,10 +53,15 @@ def test_every_recipe_parses_and_prints_its_config(recipe, capsys):
     assert exc.value.code in (0, None)
     printed = _printed_yaml(capsys.readouterr().out)
     init = printed["model"]["init_args"]
-    assert printed["model"]["class_path"] == "psa_train.modules.DistillationModule"
-    for key in ("psa", "trainable", "lr", "timestep_shift", "cfg_dropout", "gradient_checkpointing"):
+    if printed["model"]["class_path"].endswith("VideoClassifier"):  # the ViT recipes
+        expected_keys = ("psa", "teacher", "kd_weight", "lr", "label_key")
+        assert printed["data"]["class_path"] == "psa_train.data.VideoShardDataModule"
+    else:
+        assert printed["model"]["class_path"] == "psa_train.modules.DistillationModule"
+        expected_keys = ("psa", "trainable", "lr", "timestep_shift", "cfg_dropout", "gradient_checkpointing")
+        assert printed["data"]["class_path"] == "psa_train.data.LatentShardDataModule"
+    for key in expected_keys:
         assert key in init, key
-    assert printed["data"]["class_path"] == "psa_train.data.LatentShardDataModule"
 
 
 def test_dotted_overrides_reach_the_config(capsys):

@@ -8,13 +8,16 @@ from torch import nn
 
 __all__ = ["enable_psa", "disable_psa"]
 
-SUPPORTED = "diffusers WanTransformer3DModel"
+def _supported() -> str:
+    from .vit import SUPPORTED_VIT
+
+    return f"diffusers WanTransformer3DModel, {SUPPORTED_VIT}"
 
 
 def _unsupported(model: nn.Module) -> ValueError:
     return ValueError(
         f"PSA is not supported for {type(model).__module__}.{type(model).__name__}; "
-        f"supported backbones: {SUPPORTED}"
+        f"supported backbones: {_supported()}"
     )
 
 
@@ -23,17 +26,23 @@ def enable_psa(model: nn.Module, config: Any) -> list[nn.Module]:
 
     config: a `psa_train.attention.PSAConfig` or a dict of its fields.
     """
+    from .vit import enable_psa_vit, is_vision_encoder
     from .wan import enable_psa_wan, is_wan_transformer
 
     if is_wan_transformer(model):
         return enable_psa_wan(model, config)
+    if is_vision_encoder(model):
+        return enable_psa_vit(model, config)
     raise _unsupported(model)
 
 
 def disable_psa(model: nn.Module) -> None:
     """Restore a model patched by `enable_psa` to its original (dense) attention."""
+    from .vit import disable_psa_vit, is_vision_encoder
     from .wan import disable_psa_wan, is_wan_transformer
 
     if is_wan_transformer(model):
         return disable_psa_wan(model)
+    if is_vision_encoder(model):
+        return disable_psa_vit(model)
     raise _unsupported(model)

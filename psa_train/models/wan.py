@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from .switching import processors_disabled
 from ..attention import PSAAttention, PSAConfig
 
 HF_WAN21_1_3B = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -296,18 +297,9 @@ def disable_psa_wan(model: nn.Module) -> None:
     _remove_grid_hook(model)
 
 
-@contextlib.contextmanager
-def psa_disabled(model: nn.Module) -> Iterator[None]:
+def psa_disabled(model: nn.Module) -> contextlib.AbstractContextManager:
     """Run a patched model densely (through its original processors) inside the block."""
-    processors = psa_processors(model)
-    previous = [p.enabled for p in processors]
-    for p in processors:
-        p.enabled = False
-    try:
-        yield
-    finally:
-        for p, flag in zip(processors, previous):
-            p.enabled = flag
+    return processors_disabled(psa_processors(model))
 
 
 def set_psa_budget(model: nn.Module, budget: float) -> None:

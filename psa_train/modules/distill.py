@@ -37,6 +37,7 @@ from ..models.wan import (
     set_psa_budget,
 )
 from . import schedules
+from .optim import adamw_with_schedule
 
 TRAINABLE = ("full", "lora")
 PSA_PRESETS = ("default", "default_quota", "wan21_1_3b")
@@ -310,17 +311,7 @@ class DistillationModule(pl.LightningModule):
         params = self.trainable_parameters()
         if not params:
             raise ConfigError("the student has no trainable parameters")
-        optimizer = torch.optim.AdamW(
-            params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, eps=hp.eps
-        )
-        total = None
-        if self._trainer is not None and self.trainer.max_steps and self.trainer.max_steps > 0:
-            total = self.trainer.max_steps
-        elif hp.lr_schedule == "cosine" and self._trainer is not None:
-            total = int(self.trainer.estimated_stepping_batches)
-        fn = schedules.lr_lambda(hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_schedule(self, [{"params": params, "weight_decay": hp.weight_decay}])
 
     def train(self, mode: bool = True):
         super().train(mode)
