@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="psa-train export",
         description="Export a psa-train checkpoint (Lightning file or DeepSpeed ZeRO-2/3 folder) as a "
-        "diffusers folder with psa_config.json and a model card; optionally push it to the Hugging Face Hub.",
+        "diffusers (DistillationModule) or transformers (VideoClassifier) folder with psa_config.json and a model "
+        "card; optionally push it to the Hugging Face Hub.",
     )
     p.add_argument("--config", help="the recipe the run was trained with (its model section; the "
                    "checkpoint's saved hyperparameters take precedence)")

@@ -65,7 +65,10 @@ def from_pretrained(
     """Load a model exported by `psa-train export` (a local folder or a Hub repo id).
 
     Returns the diffusers `WanTransformer3DModel` in eval mode with PSA enabled as exported
-    (`psa_config.json`, at the budget the run reached). An adapter-only export is loaded onto its
+    (`psa_config.json`, at the budget the run reached); for a `VideoClassifier` export
+    (`library_name: transformers` in psa_train.json), the transformers model (e.g.
+    `VideoMAEForVideoClassification`, or psa-train's `FrameEncoderClassifier`) with PSA enabled
+    by `enable_psa_vit`. An adapter-only export is loaded onto its
     base model (the one recorded at export, or `base_model`/`base_subfolder`).
 
     budget: override the exported sparsity budget (0 = dense, 1 = the target bands).
@@ -79,9 +82,24 @@ def from_pretrained(
     psa_dict, info = read_export(folder)
     library = info.get("library_name", "diffusers")
     model_class = info.get("model_class", "WanTransformer3DModel")
-    if library != "diffusers" or model_class != "WanTransformer3DModel":
-        raise ValueError(f"{folder}: exported {library} {model_class}; this version loads diffusers WanTransformer3DModel")
     dtype = resolve_dtype(torch_dtype)
+    if library == "transformers":  # a VideoClassifier export: PSA through enable_psa_vit
+        from ..models.vit import enable_psa_vit
+        from .vit import load_exported
+
+        model = load_exported(folder, info, dtype)
+        if device is not None:
+            model.to(device)
+        model.eval()
+        if psa:
+            config = PSAConfig.from_dict(psa_dict)
+            if budget is not None:
+                config = config.replace(budget=budget)
+            enable_psa_vit(model, config)
+        return model
+    if library != "diffusers" or model_class != "WanTransformer3DModel":
+        raise ValueError(f"{folder}: exported {library} {model_class}; this version loads diffusers "
+                         "WanTransformer3DModel and transformers (VideoClassifier) exports")
 
     if info.get("weights") == "lora_adapter":
         source, subfolder = _base_source(info, base_model)

@@ -26,7 +26,7 @@ KNOWN_LICENSES = {
 BASE_TAGS = ["psa-train", "pyramid-sparse-attention", "sparse-attention", "distillation", "video-generation"]
 
 # Metrics worth a line in the summary (last value); per-layer series are left out.
-_INTERESTING = re.compile(r"(loss|density|budget|relative_error|share|psnr|ssim|cosine|mse)", re.I)
+_INTERESTING = re.compile(r"(loss|density|budget|relative_error|share|psnr|ssim|cosine|mse|acc\d|agreement)", re.I)
 _LEFT_OUT = re.compile(r"(/layer_\d+/|(^|/)lr$|epoch$|step$)")
 _MAX_ROWS = 40
 
@@ -169,11 +169,17 @@ def card_metadata(info: Mapping[str, Any], license_: str | None) -> dict[str, An
         tags += ["wan2.1", "text-to-video"]
     if info.get("trainable") == "lora":
         tags += ["lora"]
+    transformers = info.get("library_name") == "transformers"
+    if transformers:
+        tags = [t for t in BASE_TAGS if t not in ("distillation", "video-generation")]
+        tags += ["video-classification", "vision-transformer"]
     meta: dict[str, Any] = {}
     if base.get("id"):
         meta["base_model"] = base["id"]
         meta["base_model_relation"] = "adapter" if adapter else "finetune"
-    meta["library_name"] = "diffusers"
+    meta["library_name"] = "transformers" if transformers else "diffusers"
+    if transformers:
+        meta["pipeline_tag"] = "video-classification"
     if license_:
         meta["license"] = license_
     else:
@@ -196,7 +202,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _base_description(base: Mapping[str, Any]) -> str:
+def _base_description(base: Mapping[str, Any], vision: bool = False) -> str:
+    if vision and base.get("named_config") and not base.get("id") and not base.get("path"):
+        return f"a randomly initialised VideoMAE/ViT architecture (`backbone: {base['named_config']}`)"
     if base.get("id"):
         sub = f" (subfolder `{base['subfolder']}`)" if base.get("subfolder") else ""
         return f"[`{base['id']}`](https://huggingface.co/{base['id']}){sub}"
@@ -209,6 +217,38 @@ def _base_description(base: Mapping[str, Any]) -> str:
     return "an unknown base model"
 
 
+def _transformers_usage(info: Mapping[str, Any], where: str, psa_file: str, fetch: str) -> str:
+    cls = info.get("model_class")
+    mean, std = info.get("pixel_mean"), info.get("pixel_std")
+    norm = f"pixels in [0, 1] normalised with mean {mean} and std {std}" if mean and std else "normalised pixels"
+    if cls == "FrameEncoderClassifier":
+        plain = (f"# `encoder/` is a transformers model (AutoModel.from_pretrained(\"{where}\", subfolder=\"encoder\")); "
+                 "head.safetensors and head.json hold\n# psa-train's frame-averaging head "
+                 "(psa_train.modules.video_classifier.FrameEncoderClassifier).")
+        call = "logits = model(pixel_values)"
+    else:
+        plain = f"""import json
+from transformers import AutoModelForVideoClassification
+{fetch}from psa_train.models.vit import enable_psa_vit
+
+model = AutoModelForVideoClassification.from_pretrained("{where}")
+with open({psa_file}) as f:
+    enable_psa_vit(model, json.load(f))"""
+        call = "logits = model(pixel_values=pixel_values).logits"
+    return f"""```python
+import psa_train
+
+model = psa_train.from_pretrained("{where}")  # {cls} with PSA enabled
+# pixel_values: [batch, frames, 3, height, width], {norm}
+{call}
+
+# or with transformers alone, then PSA from psa_config.json:
+{plain}
+```
+
+Without `enable_psa_vit` the weights run with dense attention."""
+
+
 def usage_snippet(info: Mapping[str, Any], where: str, on_hub: bool = False) -> str:
     """Python lines that load the export: `where` is the Hub repo id (on_hub) or the local folder."""
     base = info["base_model"]
@@ -219,6 +259,8 @@ def usage_snippet(info: Mapping[str, Any], where: str, on_hub: bool = False) -> 
     else:
         fetch = ""
         psa_file = f'"{where.rstrip("/")}/psa_config.json"'
+    if info.get("library_name") == "transformers":
+        return _transformers_usage(info, where, psa_file, fetch)
     if info["weights"] == "lora_adapter":
         base_src = base.get("id") or base.get("path") or "<base model id or folder>"
         sub = base.get("subfolder")
@@ -272,8 +314,16 @@ def render_model_card(
     """README.md text: YAML metadata, what the model is, the run summary, usage."""
     meta = card_metadata(info, license_)
     base = info["base_model"]
+    if info.get("library_name") == "transformers":
+        what = (f"A `{info['model_class']}` video classifier ({_fmt(info.get('num_classes'))} classes) whose "
+                f"self-attention runs as **Pyramid Sparse Attention (PSA)**, finetuned with psa-train "
+                f"{info.get('psa_train_version', '')}. Base model: {_base_description(base, vision=True)}.")
+    else:
+        what = (f"A `{info['model_class']}` whose self-attention runs as **Pyramid Sparse Attention (PSA)**, "
+                f"distilled with psa-train {info.get('psa_train_version', '')} from its own "
+                f"dense teacher. Base model: {_base_description(base)}.")
     weights = {
-        "full": "the full finetuned transformer",
+        "full": "the full finetuned model" if info.get("library_name") == "transformers" else "the full finetuned transformer",
         "lora_merged": "the transformer with the trained LoRA adapters merged into its weights",
         "lora_adapter": "the trained LoRA adapter only (load it onto the base model)",
     }[info["weights"]]
@@ -284,9 +334,7 @@ def render_model_card(
         "",
         f"# {where.rstrip('/').split('/')[-1]}: Pyramid Sparse Attention student",
         "",
-        f"A `{info['model_class']}` whose self-attention runs as **Pyramid Sparse Attention (PSA)**, "
-        f"distilled with psa-train {info.get('psa_train_version', '')} from its own "
-        f"dense teacher. Base model: {_base_description(base)}.",
+        what,
         "",
         f"This folder holds {weights}, `psa_config.json` (the PSA layer configuration at the budget the run "
         "reached) and `psa_train.json` (export details).",
@@ -309,8 +357,10 @@ def render_model_card(
     rows = summary_metrics(metrics or {})
     if rows:
         lines += [
-            "Last logged values (`distill_loss` is the MSE between student and teacher velocities; "
-            "`probe_relative_error` is PSA's relative error against dense attention on a fixed batch):",
+            ("Last logged values (`probe_relative_error` is PSA's relative error against dense attention on a "
+             "fixed batch):" if info.get("library_name") == "transformers" else
+             "Last logged values (`distill_loss` is the MSE between student and teacher velocities; "
+             "`probe_relative_error` is PSA's relative error against dense attention on a fixed batch):"),
             "",
             "| metric | value | step |",
             "|---|---|---|",

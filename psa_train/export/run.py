@@ -1,6 +1,7 @@
 """`export_checkpoint`: a training checkpoint (+ its recipe and logs) -> an exported folder.
 
-The model arguments are `DistillationModule`'s defaults, overridden by the recipe's
+`DistillationModule` runs export as diffusers folders, `VideoClassifier` runs as transformers
+folders (`.vit`). The model arguments are the module's defaults, overridden by the recipe's
 `model.init_args`, overridden by the checkpoint's own `hyper_parameters` (what the run really
 used, including command-line overrides the recipe file does not show).
 """
@@ -32,7 +33,7 @@ from .folder import (
 )
 from .model_card import base_license, collect_run_metrics, render_model_card
 
-SUPPORTED_MODULE = "DistillationModule"
+SUPPORTED_MODULE = "DistillationModule"  # and VideoClassifier (see .vit)
 
 
 @dataclass
@@ -71,7 +72,8 @@ def resolve_model_args(recipe: Mapping[str, Any], hparams: Mapping[str, Any]) ->
     class_path = section.get("class_path") or hparams.get("_class_path") or ""
     if class_path and not str(class_path).endswith(SUPPORTED_MODULE):
         raise ExportError(
-            f"export supports psa_train.modules.{SUPPORTED_MODULE} (Wan students); the run's model is {class_path}"
+            f"export supports psa_train.modules.{SUPPORTED_MODULE} (Wan students) and "
+            f"psa_train.modules.video_classifier.VideoClassifier; the run's model is {class_path}"
         )
     init_args = section.get("init_args", section if "class_path" not in section else {}) or {}
     defaults = _module_defaults()
@@ -172,40 +174,14 @@ def export_checkpoint(
     try:
         log(f"reading checkpoint {ckpt_path}")
         ckpt: TrainingCheckpoint = load_training_checkpoint(ckpt_path, prefixes=("student.",))
-        args = resolve_model_args(recipe, ckpt.hyper_parameters)
-        lora = args.get("trainable") == "lora"
-        if lora_only and not lora:
-            raise ExportError("--lora-only needs a LoRA run (model.trainable: lora); this run trained all weights")
-
-        from ..modules.distill import build_psa_config
-
-        psa_info = dict(ckpt.psa_train)
-        trained_config = psa_info.get("psa_config") or build_psa_config(args["psa_preset"], args["psa"]).to_dict()
-        target_budget = float(trained_config.get("budget", 1.0))
-        psa_config = exported_psa_config(trained_config, psa_info.get("budget")).to_dict()
-
-        log(f"rebuilding the student ({args['trainable']}, model={args['model'] if isinstance(args['model'], str) else 'config dict'})")
-        model = build_student(args, submodule_state(ckpt.state_dict))
-        ckpt.state_dict.clear()
-        cast_for_export(model, dtype)
-        if lora_only:
-            weights, files = "lora_adapter", save_adapter(model, staging)
+        if _is_video_classifier(recipe, ckpt.hyper_parameters):
+            if lora_only:
+                raise ExportError("--lora-only needs a LoRA run; VideoClassifier runs train all weights")
+            weights, files, info, psa_config = _save_video_classifier(ckpt, recipe, staging, dtype,
+                                                                      max_shard_size, log)
         else:
-            weights = "lora_merged" if lora else "full"
-            files = save_full(model, staging, max_shard_size=max_shard_size)
-        del model
-
-        info = export_info(
-            weights=weights,
-            weight_files=files,
-            args=args,
-            psa_info=psa_info,
-            target_budget=target_budget,
-            global_step=ckpt.global_step,
-            epoch=ckpt.epoch,
-            checkpoint_kind=ckpt.kind if ckpt.zero_stage is None else f"deepspeed-zero{ckpt.zero_stage}",
-            model_class="WanTransformer3DModel",
-        )
+            weights, files, info, psa_config = _save_distillation(ckpt, recipe, staging, lora_only, dtype,
+                                                                  max_shard_size, log)
         write_json(staging / PSA_CONFIG_NAME, psa_config)
         write_json(staging / EXPORT_INFO_NAME, info)
 
@@ -222,3 +198,86 @@ def export_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(output=output, weights=weights, files=files, info=info, log_files=log_files)
+
+
+def _is_video_classifier(recipe: Mapping[str, Any], hparams: Mapping[str, Any]) -> bool:
+    from .vit import is_video_classifier_run
+
+    section = recipe.get("model") or {}
+    class_path = (section.get("class_path") if isinstance(section, Mapping) else None) or hparams.get("_class_path") or ""
+    return is_video_classifier_run(str(class_path), hparams)
+
+
+def _save_video_classifier(ckpt, recipe, staging, dtype, max_shard_size, log):
+    """Write a VideoClassifier's student in transformers' format; (weights, files, info, psa_config)."""
+    from ..modules.distill import build_psa_config
+    from ..models.wan import resolve_dtype
+    from . import vit
+
+    args = vit.resolve_args(recipe, ckpt.hyper_parameters)
+    psa_info = dict(ckpt.psa_train)
+    trained_config = psa_info.get("psa_config") or build_psa_config(args["psa_preset"], args["psa"]).to_dict()
+    target_budget = float(trained_config.get("budget", 1.0))
+    psa_config = exported_psa_config(trained_config, psa_info.get("budget")).to_dict()
+
+    log(f"rebuilding the VideoClassifier student (backbone={args['backbone'] if isinstance(args['backbone'], str) else 'config dict'})")
+    net = vit.build_student(args, submodule_state(ckpt.state_dict))
+    ckpt.state_dict.clear()
+    if dtype is not None:
+        net.to(resolve_dtype(dtype))
+    model_class, files = vit.save_student(net, staging, max_shard_size=max_shard_size)
+    del net
+    info = export_info(
+        weights="full",
+        weight_files=files,
+        args={"trainable": "full"},
+        psa_info=psa_info,
+        target_budget=target_budget,
+        global_step=ckpt.global_step,
+        epoch=ckpt.epoch,
+        checkpoint_kind=ckpt.kind if ckpt.zero_stage is None else f"deepspeed-zero{ckpt.zero_stage}",
+        model_class=model_class,
+    )
+    info.update(library_name="transformers", backbone="vit", module=vit.MODULE_NAME,
+                base_model=vit.base_model_reference(args), num_classes=int(args["num_classes"]),
+                pixel_mean=list(args["pixel_mean"]), pixel_std=list(args["pixel_std"]))
+    return "full", files, info, psa_config
+
+
+def _save_distillation(ckpt, recipe, staging, lora_only, dtype, max_shard_size, log):
+    """Write a DistillationModule's Wan student in diffusers' format; (weights, files, info, psa_config)."""
+    args = resolve_model_args(recipe, ckpt.hyper_parameters)
+    lora = args.get("trainable") == "lora"
+    if lora_only and not lora:
+        raise ExportError("--lora-only needs a LoRA run (model.trainable: lora); this run trained all weights")
+
+    from ..modules.distill import build_psa_config
+
+    psa_info = dict(ckpt.psa_train)
+    trained_config = psa_info.get("psa_config") or build_psa_config(args["psa_preset"], args["psa"]).to_dict()
+    target_budget = float(trained_config.get("budget", 1.0))
+    psa_config = exported_psa_config(trained_config, psa_info.get("budget")).to_dict()
+
+    log(f"rebuilding the student ({args['trainable']}, model={args['model'] if isinstance(args['model'], str) else 'config dict'})")
+    model = build_student(args, submodule_state(ckpt.state_dict))
+    ckpt.state_dict.clear()
+    cast_for_export(model, dtype)
+    if lora_only:
+        weights, files = "lora_adapter", save_adapter(model, staging)
+    else:
+        weights = "lora_merged" if lora else "full"
+        files = save_full(model, staging, max_shard_size=max_shard_size)
+    del model
+
+    info = export_info(
+        weights=weights,
+        weight_files=files,
+        args=args,
+        psa_info=psa_info,
+        target_budget=target_budget,
+        global_step=ckpt.global_step,
+        epoch=ckpt.epoch,
+        checkpoint_kind=ckpt.kind if ckpt.zero_stage is None else f"deepspeed-zero{ckpt.zero_stage}",
+        model_class="WanTransformer3DModel",
+    )
+    return weights, files, info, psa_config
