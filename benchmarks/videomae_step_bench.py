@@ -18,13 +18,11 @@ Variants: "dense-cudnn" / "dense-flash" (SDPA pinned to that backend), "psa" (qu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import statistics
 import sys
-import time
 
 import torch
+from step_timing import median_time, sdpa_context
 
 VARIANTS = ("dense-cudnn", "dense-flash", "psa", "psa-forced")
 DEFAULT_BANDS = {1: 0.15, 2: 0.10, 4: 0.10, 8: 0.15}
@@ -36,45 +34,6 @@ ARCHS = {
     "tiny": dict(image_size=32, patch_size=4, num_frames=8, tubelet_size=2, hidden_size=128,
                  num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
 }
-
-
-def _sdpa_context(variant: str, device: torch.device):
-    if device.type != "cuda" or not variant.startswith("dense"):
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backend = SDPBackend.CUDNN_ATTENTION if variant == "dense-cudnn" else SDPBackend.FLASH_ATTENTION
-    return sdpa_kernel([backend])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gib(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-
-
-def _time(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    _reset_peak(device)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), _peak_gib(device)
 
 
 def _psa_config(args):
@@ -113,11 +72,11 @@ def bench(args, model, pixels, labels, grid, variant: str, device: torch.device)
 
     def step():
         model.zero_grad(set_to_none=True)
-        with _sdpa_context(variant, device):
+        with sdpa_context(variant, device):
             logits = model(pixel_values=pixels).logits
             torch.nn.functional.cross_entropy(logits.float(), labels).backward()
 
-    seconds, peak = _time(step, args.steps, args.warmup, device)
+    seconds, peak = median_time(step, args.steps, args.warmup, device)
     density = psa_density(model) if variant.startswith("psa") else 1.0
     disable_psa_vit(model)
     return {"variant": variant, "ms": seconds * 1e3, "peak_gib": peak, "density": density}

@@ -19,59 +19,18 @@ gives density 0.125 with no selection cost).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import statistics
 import sys
-import time
 
 import torch
+from step_timing import median_time, sdpa_context
 
 VARIANTS = ("dense-cudnn", "dense-flash", "psa", "psa-forced")
-
-
-def _sdpa_context(variant: str, device: torch.device):
-    if device.type != "cuda" or not variant.startswith("dense"):
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backend = SDPBackend.CUDNN_ATTENTION if variant == "dense-cudnn" else SDPBackend.FLASH_ATTENTION
-    return sdpa_kernel([backend])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gib(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
 
 def _psa_config(args):
     from psa_train.attention import PSAConfig
 
     return getattr(PSAConfig, args.preset)(budget=args.budget)
-
-
-def _time(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    _reset_peak(device)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), _peak_gib(device)
 
 
 def bench_step(args, variant: str, device: torch.device, dtype: torch.dtype) -> dict:
@@ -100,14 +59,14 @@ def bench_step(args, variant: str, device: torch.device, dtype: torch.dtype) -> 
     tokens = latent_frames * (args.height // 16) * (args.width // 16)
 
     def step():
-        with _sdpa_context(variant, device):
+        with sdpa_context(variant, device):
             out = model(x, t, text, return_dict=False)[0]
             loss = torch.nn.functional.mse_loss(out.float(), target.float())
             loss.backward()
         for p in model.parameters():
             p.grad = None
 
-    seconds, peak = _time(step, args.steps, args.warmup, device)
+    seconds, peak = median_time(step, args.steps, args.warmup, device)
     density = psa_density(model) if variant.startswith("psa") else 1.0
     del model
     return {"variant": variant, "tokens": tokens, "seconds": seconds, "peak_gib": peak, "density": density}
@@ -129,7 +88,7 @@ def bench_attention(args, variant: str, device: torch.device, dtype: torch.dtype
             layer.force_level = args.forced_level
 
     def run():
-        with _sdpa_context(variant, device):
+        with sdpa_context(variant, device):
             for _ in range(layers):
                 if layer is None:
                     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -138,7 +97,7 @@ def bench_attention(args, variant: str, device: torch.device, dtype: torch.dtype
                 out.backward(grad)
         q.grad = k.grad = v.grad = None
 
-    seconds, peak = _time(run, args.steps, args.warmup, device)
+    seconds, peak = median_time(run, args.steps, args.warmup, device)
     density = layer.last_density if layer is not None else 1.0
     return {"variant": variant, "seconds": seconds, "peak_gib": peak, "density": density}
 
