@@ -267,11 +267,12 @@ def test_timm_vit_force_level_1_equals_dense():
     assert not psa_layers(model)
 
 
-def test_videomae_step_bench_cpu_smoke(capsys):
+def test_videomae_step_bench_cpu_smoke(capsys, monkeypatch):
     import importlib.util as iu
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "videomae_step_bench.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: its helpers
     spec = iu.spec_from_file_location("videomae_step_bench", path)
     bench = iu.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -188,11 +188,12 @@ def test_unsupported_model_is_refused():
 
 
 @pytest.mark.slow
-def test_step_benchmark_runs_on_cpu_with_the_tiny_arch(capsys):
+def test_step_benchmark_runs_on_cpu_with_the_tiny_arch(capsys, monkeypatch):
     import importlib.util
 
     from distill_helpers import REPO
 
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # as when run as a script: its helpers
     spec = importlib.util.spec_from_file_location("wan_step_bench", REPO / "benchmarks" / "wan_step_bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
