@@ -83,25 +83,14 @@ def from_pretrained(
     library = info.get("library_name", "diffusers")
     model_class = info.get("model_class", "WanTransformer3DModel")
     dtype = resolve_dtype(torch_dtype)
-    if library == "transformers":  # a VideoClassifier export: PSA through enable_psa_vit
-        from ..models.vit import enable_psa_vit
+    if library == "transformers":  # a VideoClassifier export
         from .vit import load_exported
 
         model = load_exported(folder, info, dtype)
-        if device is not None:
-            model.to(device)
-        model.eval()
-        if psa:
-            config = PSAConfig.from_dict(psa_dict)
-            if budget is not None:
-                config = config.replace(budget=budget)
-            enable_psa_vit(model, config)
-        return model
-    if library != "diffusers" or model_class != "WanTransformer3DModel":
+    elif library != "diffusers" or model_class != "WanTransformer3DModel":
         raise ValueError(f"{folder}: exported {library} {model_class}; this version loads diffusers "
                          "WanTransformer3DModel and transformers (VideoClassifier) exports")
-
-    if info.get("weights") == "lora_adapter":
+    elif info.get("weights") == "lora_adapter":
         source, subfolder = _base_source(info, base_model)
         if base_subfolder is not None:
             subfolder = base_subfolder
