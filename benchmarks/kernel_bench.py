@@ -2,6 +2,7 @@
 
 Run on a GPU:  python benchmarks/kernel_bench.py  [--sweep] [--shapes wan,vit] [--json out.json]
                python benchmarks/kernel_bench.py --scoring-only   (block scoring + assignment alone)
+               python benchmarks/kernel_bench.py --variants       (kernel variants at density 0.15)
 
 Rows: the Wan2.1-1.3B shape (B=1, H=12, L=32760, D=128) and a video-ViT shape (B=8, H=12,
 L=1568, D=64), bf16, densities 1.0, 0.5, 0.25, 0.15 (10 % level 1, 5 % level 2, 20 % level 8,
@@ -101,22 +102,22 @@ def inputs(shape, device, gen):
     return q, k, v, do
 
 
-def stage_times(q, k, v, do, levels, cfg, scale, only=None, rep=300):
+def stage_times(q, k, v, do, levels, cfg, scale, only=None, rep=300, block_n=BLOCK_N):
     """Each stage of our forward and backward timed alone (ms); `only` picks one stage."""
     qd, kd, vd = (t.detach() for t in (q, k, v))
-    plan = build_plan(levels, BLOCK_N)
+    plan = build_plan(levels, block_n)
     pyr = build_pyramid(kd, vd)
-    out, lse = pyramid_forward(qd, kd, vd, pyr, plan, BLOCK_M, BLOCK_N, scale, cfg)
+    out, lse = pyramid_forward(qd, kd, vd, pyr, plan, BLOCK_M, block_n, scale, cfg)
     delta = launch_delta(out, do)
     pooled = pooled_grad_buffers(kd)
     stages = {
-        "lists": lambda: build_plan(levels, BLOCK_N),
+        "lists": lambda: build_plan(levels, block_n),
         "pyramid": lambda: build_pyramid(kd, vd),
-        "fwd_kernel": lambda: pyramid_forward(qd, kd, vd, pyr, plan, BLOCK_M, BLOCK_N, scale, cfg),
+        "fwd_kernel": lambda: pyramid_forward(qd, kd, vd, pyr, plan, BLOCK_M, block_n, scale, cfg),
         "delta": lambda: launch_delta(out, do),
         "zero_pooled_grads": lambda: pooled_grad_buffers(kd),
-        "dq_pass": lambda: launch_dq(qd, kd, vd, do, lse, delta, pyr, pooled, plan, BLOCK_M, BLOCK_N, scale, cfg),
-        "dkdv_pass": lambda: launch_dkdv(qd, kd, vd, do, lse, delta, pooled, plan, BLOCK_M, BLOCK_N, scale, cfg),
+        "dq_pass": lambda: launch_dq(qd, kd, vd, do, lse, delta, pyr, pooled, plan, BLOCK_M, block_n, scale, cfg),
+        "dkdv_pass": lambda: launch_dkdv(qd, kd, vd, do, lse, delta, pooled, plan, BLOCK_M, block_n, scale, cfg),
     }
     return {name: bench(fn, rep) for name, fn in stages.items() if only in (None, name)}
 
@@ -178,44 +179,137 @@ def sweep(device, gen, log):
     return tuning.replace(base, **best)
 
 
+# Kernel variants timed against each other at density 0.15 (--variants): name -> config change.
+KERNEL_VARIANTS = {
+    "default": {},
+    "fwd pooled gathers": dict(fwd_pooled_tma=False),
+    "fwd Q by pointer loads": dict(fwd_q_tma=False),
+    "fwd 8 warps": dict(fwd_warps=8),
+    "dq per-entry TMA tiles": dict(dq_pooled_tma=True),
+    "dkdv 8 warps": dict(dkdv_warps=8),
+    "no pooled atomics (wrong grads)": dict(dq_pooled_atomics=False),
+}
+
+
+def kernel_variants(device, gen, log, block_ns=(64, 32)):
+    """Whole forward, forward+backward (public API) and each stage per KERNEL_VARIANTS entry, at
+    the Wan shape and density 0.15, for each key block size (64: the benchmark's; 32: Wan preset's)."""
+    shape = SHAPES["wan"]
+    q, k, v, do = inputs(shape, device, gen)
+    scale = 1 / math.sqrt(shape[3])
+    rows = []
+    for block_n in block_ns:
+        levels = make_levels(shape[0], shape[1], math.ceil(shape[2] / BLOCK_M), math.ceil(shape[2] / block_n),
+                             MIXES[0.15], device, gen)
+
+        def ours(q, k, v, levels=levels, block_n=block_n):
+            return pyramid_attention(q, k, v, levels, BLOCK_M, block_n, scale, backend="triton")
+
+        base = tuning.get_config(shape[3], BLOCK_M, block_n, torch.bfloat16)
+        for name, change in KERNEL_VARIANTS.items():
+            tuning.OVERRIDE = tuning.replace(base, **change)
+            try:
+                f, fb = time_pair(ours, q, k, v, do)
+                st = stage_times(q, k, v, do, levels, tuning.OVERRIDE, scale, block_n=block_n)
+            except Exception as exc:  # a variant that does not compile or fit
+                log(f"variant block_n={block_n} {name}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            finally:
+                tuning.OVERRIDE = None
+            rows.append(dict(block_n=block_n, variant=name, fwd=f, fb=fb, **st))
+            log(f"variant block_n={block_n} {name}: fwd {f:.3f} fwd+bwd {fb:.3f} | "
+                + ", ".join(f"{a} {b:.3f}" for a, b in st.items()))
+    print(f"{'bn':>3} {'variant':<28} {'fwd':>6} {'f+b':>6} | {'lists':>5} {'pyr':>5} {'fwdk':>5} {'dq':>5} {'dkdv':>5}")
+    for r in rows:
+        print(f"{r['block_n']:>3} {r['variant']:<28} {r['fwd']:6.3f} {r['fb']:6.3f} | {r['lists']:5.2f} "
+              f"{r['pyramid']:5.2f} {r['fwd_kernel']:5.2f} {r['dq_pass']:5.2f} {r['dkdv_pass']:5.2f}")
+    return rows
+
+
 def scoring_time(q, k):
-    """Block scoring + level assignment at the benchmark's default config and the Wan preset."""
+    """Block scoring + level assignment at the benchmark's default config and the Wan preset.
+
+    block_scores is the whole default path (cached sample tables, gathers, one fused kernel).
+    """
+    import functools
+
     try:
-        from psa_train.attention import PSAConfig, assign_levels, block_scores, key_similarity
-    except Exception as exc:  # the scoring modules are written elsewhere
+        from psa_train.attention import (
+            PSAConfig,
+            assign_levels,
+            block_scores,
+            key_similarity,
+        )
+    except Exception as exc:  # noqa: BLE001  (the scoring modules are written elsewhere)
         return {"error": repr(exc)}
     qd, kd = q.detach(), k.detach()
     res = {}
     for name, cfg in (("default", PSAConfig()), ("wan21_1_3b", PSAConfig.wan21_1_3b())):
-        score = lambda: block_scores(qd, kd, cfg.block_m, cfg.block_n, cfg.sample_fraction, cfg.score_reduction)  # noqa: E731
-        part = {"block_scores": bench(score)}
-        scores = score()
-        part["assign_levels"] = bench(lambda: assign_levels(scores, cfg))
+        args = (qd, kd, cfg.block_m, cfg.block_n, cfg.sample_fraction, cfg.score_reduction)
+        part = {"block_scores": bench(functools.partial(block_scores, *args))}
+        scores = block_scores(*args)
+        part["assign_levels"] = bench(functools.partial(assign_levels, scores, cfg))
         if any(t is not None for t in cfg.similarity_thresholds.values()):
-            part["key_similarity"] = bench(lambda: key_similarity(kd, cfg.block_n))
+            part["key_similarity"] = bench(functools.partial(key_similarity, kd, cfg.block_n))
         part["total"] = sum(part.values())
         res[f"{name} ({cfg.band_mode}, block_n={cfg.block_n})"] = {key: round(v, 3) for key, v in part.items()}
     return res
 
 
 def scoring_kernel_sweep(q, k, log):
-    """Time the block log-sum-exp kernel alone over tile shapes and warps (Wan shape, block_n 64/32)."""
-    from psa_train.attention.scoring import padded_samples
-    from psa_train.kernels.triton_block_scores import block_logsumexp2
+    """Time the fused block-scoring kernel's variants at the Wan shape, block_n 64 and 32.
 
+    One line per variant: its time and its relative difference to the default's scores (a
+    broken variant shows there, a failing one prints FAILED), then pass 1 alone (block sums
+    to the scratch, no pooling) as a breakdown. Options: kernels/triton_block_scores.py DEFAULTS.
+    """
+    import functools
+
+    from psa_train.kernels.triton_block_scores import (
+        DEFAULTS,
+        block_scores_triton,
+        block_sums,
+    )
+
+    from psa_train.attention.scoring import _sample_tables
+
+    variants = {
+        "default": {},
+        "no register cap": {"max_registers": None},
+        "gathered loads": {"loads": "gather"},
+        "TMA loads": {"loads": "tma"},
+        "fp16 scratch": {"scratch": "fp16"},
+        "TMA + fp16 scratch": {"loads": "tma", "scratch": "fp16"},
+        "block_q 64, 4 warps": {"block_q": 64, "num_warps": 4},
+        "block_q 64, 4 warps, TMA + fp16 scratch": {"block_q": 64, "num_warps": 4, "loads": "tma", "scratch": "fp16"},
+        "every tile masked": {"k_full_blocks": 0},
+    }
+    log(f"scoring kernel DEFAULTS {DEFAULTS}")
+    qd, kd = q.detach(), k.detach()
+    scale = 1.0 / math.sqrt(q.shape[-1])
     for block_n in (64, 32):
-        q_rows, _ = padded_samples(q.shape[2], BLOCK_M, 0.25, q.device)
-        k_rows, k_valid = padded_samples(k.shape[2], block_n, 0.25, k.device)
-        args = (q, k, q_rows.flatten(), k_rows.flatten(), k_valid.flatten(), k_rows.shape[1], 0.088)
-        for segment_sum in ("reshape", "dot"):
-            for block_q, warps, tile in ((64, 4, 64), (128, 4, 64), (128, 8, 64), (128, 8, 128)):
-                name = f"block_n={block_n} {segment_sum} block_q={block_q} warps={warps} tile={tile}"
-                try:
-                    ms = bench(lambda: block_logsumexp2(*args, block_q=block_q, num_warps=warps, tile_slots=tile,
-                                                        segment_sum=segment_sum))
-                    log(f"scoring kernel {name}: {ms:.3f} ms")
-                except Exception as exc:  # a shape that does not compile or fit
-                    log(f"scoring kernel {name}: FAILED {exc!r:.120}")
+        qt = _sample_tables(q.shape[2], BLOCK_M, 0.25, str(q.device))
+        kt = _sample_tables(k.shape[2], block_n, 0.25, str(k.device))
+        tables = (qt.rows, qt.valid_i8, kt.rows, kt.valid_i8, scale, "max", True)
+        full = {"k_full_blocks": kt.full_blocks}
+        reference = None
+        for name, options in variants.items():
+            label = f"scoring kernel block_n={block_n} {name}"
+            try:
+                run = functools.partial(block_scores_triton, qd, kd, *tables, **{**full, **options})
+                got = run()
+                reference = got if reference is None else reference
+                diff = ((got - reference).norm() / reference.norm()).item()
+                log(f"{label}: {bench(run, rep=100):.3f} ms (rel. diff to default {diff:.1e})")
+            except Exception as exc:  # noqa: BLE001  (a variant that does not compile or fit)
+                log(f"{label}: FAILED {exc!r:.160}")
+        label = f"scoring kernel block_n={block_n} pass 1 only (block sums to the scratch)"
+        try:
+            run = functools.partial(block_sums, qd, kd, qt.rows.flatten(), kt.rows.flatten(),
+                                    kt.valid_i8.flatten(), kt.rows.shape[1], scale, loads="contiguous", **full)
+            log(f"{label}: {bench(run, rep=100):.3f} ms")
+        except Exception as exc:  # noqa: BLE001
+            log(f"{label}: FAILED {exc!r:.160}")
 
 
 def main():
@@ -226,6 +320,7 @@ def main():
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--scoring-only", action="store_true", help="time block scoring + assignment at the Wan shape")
+    ap.add_argument("--variants", action="store_true", help="time KERNEL_VARIANTS at the Wan shape, density 0.15")
     args = ap.parse_args()
     device = "cuda"
     gen = torch.Generator(device=device).manual_seed(0)
@@ -239,6 +334,12 @@ def main():
         q, k, _, _ = inputs(SHAPES["wan"], device, gen)
         print(f"scoring+assignment at wan (ms): {scoring_time(q, k)}")
         scoring_kernel_sweep(q, k, log)
+        return
+    if args.variants:
+        rows = kernel_variants(device, gen, log)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=1)
         return
     result = {"rows": [], "dense": {}, "stages": {}, "config": None}
     if args.sweep:

@@ -13,7 +13,9 @@ and the same for the self-attention alone (30 layers of [1, 12, 32760, 128] fwd+
 
 PSA variants: "psa" (PSAConfig.default_quota(): quota bands 10 % full, 5 % 2x, 20 % 8x, nominal
 density 0.15; or --preset wan21_1_3b), "psa-forced" (every block at level --forced-level, e.g. 8
-gives density 0.125 with no selection cost).
+gives density 0.125 with no selection cost), "no-attention" (self-attention replaced by
+(q + k + v) / 3, which keeps every projection's gradient: the floor any attention speed-up can
+reach, for reading the step target against).
 """
 
 from __future__ import annotations
@@ -24,13 +26,18 @@ import sys
 import torch
 from step_timing import median_time, sdpa_context
 
-VARIANTS = ("dense-cudnn", "dense-flash", "psa", "psa-forced")
+VARIANTS = ("dense-cudnn", "dense-flash", "psa", "psa-forced", "no-attention")
 
 
 def _psa_config(args):
     from psa_train.attention import PSAConfig
 
     return getattr(PSAConfig, args.preset)(budget=args.budget)
+
+
+def _no_attention(q, k, v, grid=None, sm_scale=None):
+    """Stand-in for self-attention that costs ~nothing but still sends gradients to q, k, v."""
+    return (q + k + v) / 3
 
 
 def bench_step(args, variant: str, device: torch.device, dtype: torch.dtype) -> dict:
@@ -43,11 +50,13 @@ def bench_step(args, variant: str, device: torch.device, dtype: torch.dtype) -> 
     model.train()
     if not args.no_checkpointing:
         model.enable_gradient_checkpointing()
-    if variant.startswith("psa"):
+    if variant.startswith("psa") or variant == "no-attention":
         enable_psa_wan(model, _psa_config(args))
-        if variant == "psa-forced":
-            for layer in psa_layers(model):
+        for layer in psa_layers(model):
+            if variant == "psa-forced":
                 layer.force_level = args.forced_level
+            if variant == "no-attention":
+                layer.forward = _no_attention
     cfg = model.config
     gen = torch.Generator(device="cpu").manual_seed(1)
     latent_frames = 1 + (args.frames - 1) // 4
@@ -67,7 +76,7 @@ def bench_step(args, variant: str, device: torch.device, dtype: torch.dtype) -> 
             p.grad = None
 
     seconds, peak = median_time(step, args.steps, args.warmup, device)
-    density = psa_density(model) if variant.startswith("psa") else 1.0
+    density = psa_density(model) if variant.startswith("psa") else (1.0 if variant.startswith("dense") else None)
     del model
     return {"variant": variant, "tokens": tokens, "seconds": seconds, "peak_gib": peak, "density": density}
 
@@ -90,7 +99,9 @@ def bench_attention(args, variant: str, device: torch.device, dtype: torch.dtype
     def run():
         with sdpa_context(variant, device):
             for _ in range(layers):
-                if layer is None:
+                if variant == "no-attention":
+                    out = _no_attention(q, k, v)
+                elif layer is None:
                     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
                 else:
                     out = layer(q, k, v, grid=grid)
@@ -98,7 +109,7 @@ def bench_attention(args, variant: str, device: torch.device, dtype: torch.dtype
         q.grad = k.grad = v.grad = None
 
     seconds, peak = median_time(run, args.steps, args.warmup, device)
-    density = layer.last_density if layer is not None else 1.0
+    density = layer.last_density if layer is not None else (None if variant == "no-attention" else 1.0)
     return {"variant": variant, "seconds": seconds, "peak_gib": peak, "density": density}
 
 

@@ -27,7 +27,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_forward import LOG2E, _dot, dot_precision, level1_descriptors
+from .triton_forward import (
+    LOG2E,
+    _dot,
+    _tma_entry_tile,
+    dot_precision,
+    level1_descriptors,
+    level_descriptors,
+    level_tiles,
+)
 from .triton_launch import cdiv, kernel
 
 
@@ -81,36 +89,54 @@ def _dq_level(
 
 
 @triton.jit
-def _dq_level1_tma(
-    q, do, lse, delta, dq, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
-    BLOCK_N: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+def _dq_level_tma(
+    q, do, lse, delta, dq, KD, VD, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
+    S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr,
 ):
-    """dQ over level-1 blocks with TMA loads of TILE (<= block_n) contiguous key rows."""
-    for it in tl.range(0, cnt * (BLOCK_N // TILE), num_stages=STAGES):
-        blk = tl.load(list_ptr + it // (BLOCK_N // TILE))
-        start = blk * BLOCK_N + (it % (BLOCK_N // TILE)) * TILE
-        row = (bh * Lk + start).to(tl.int32)
-        k = KD.load([row, 0])
-        v = VD.load([row, 0])
-        bias = tl.where(start + tl.arange(0, TILE) < Lk, 0.0, float("-inf"))
+    """`_dq_level` for a level whose entries load by TMA, tile by tile (`_tma_entry_tile`)."""
+    Ls = (Lk + S - 1) // S
+    for it in tl.range(0, cnt * ((BLOCK_N // S) // TILE), num_stages=STAGES):
+        k, v, r, bias = _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
         qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
         p = tl.math.exp2(qk - lse[:, None])
         dp = _dot(do, tl.trans(v), DOT_PREC)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+        if S > 1 and ATOMICS:
+            dv_part = _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
+            dk_part = _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC) * sm_scale
+            p_off = (bh * Ls + r)[:, None] * HEAD_DIM + d[None, :]
+            valid = (r < Ls)[:, None]
+            tl.atomic_add(DVB + p_off, dv_part, mask=valid, sem="relaxed")
+            tl.atomic_add(DKB + p_off, dk_part, mask=valid, sem="relaxed")
     return dq
+
+
+@triton.jit
+def _dq_any_level(
+    q, do, lse, delta, dq, KB, VB, KD, VD, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
+    S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr, USE_TMA: tl.constexpr,
+):
+    if USE_TMA:
+        return _dq_level_tma(q, do, lse, delta, dq, KD, VD, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
+                             S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, ATOMICS)
+    else:
+        return _dq_level(q, do, lse, delta, dq, KB, VB, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
+                         S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, ATOMICS)
 
 
 @kernel
 def _bwd_dq_kernel(
-    Q, K1, V1, K2, V2, K4, V4, K8, V8, K1D, V1D,
+    Q, K1, V1, K2, V2, K4, V4, K8, V8, K1D, V1D, K2D, V2D, K4D, V4D, K8D, V8D,
     DO, LSE, DELTA, DQ, DK2, DV2, DK4, DV4, DK8, DV8,
     IDX, CNT, ORDER,
     sm_scale, qk_scale, Lq, Lk, n_qb, n_kb,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     TILE1: tl.constexpr, TILE2: tl.constexpr, TILE4: tl.constexpr, TILE8: tl.constexpr,
-    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, ATOMICS: tl.constexpr,
-    REORDER: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, TMA1: tl.constexpr, TMA2: tl.constexpr,
+    TMA4: tl.constexpr, TMA8: tl.constexpr, ATOMICS: tl.constexpr, REORDER: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -133,18 +159,14 @@ def _bwd_dq_kernel(
     c2 = tl.load(CNT + row * 4 + 1)
     c4 = tl.load(CNT + row * 4 + 2)
     c8 = tl.load(CNT + row * 4 + 3)
-    if USE_TMA:
-        dq = _dq_level1_tma(q, do, lse, delta, dq, K1D, V1D, lst, c1, bh, Lk, qk_scale,
-                            BLOCK_N, TILE1, STAGES, DOT_PREC)
-    else:
-        dq = _dq_level(q, do, lse, delta, dq, K1, V1, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale, d,
-                       1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS)
-    dq = _dq_level(q, do, lse, delta, dq, K2, V2, DK2, DV2, lst + c1, c2, bh, Lk, sm_scale, qk_scale, d,
-                   2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, ATOMICS)
-    dq = _dq_level(q, do, lse, delta, dq, K4, V4, DK4, DV4, lst + c1 + c2, c4, bh, Lk, sm_scale, qk_scale,
-                   d, 4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, ATOMICS)
-    dq = _dq_level(q, do, lse, delta, dq, K8, V8, DK8, DV8, lst + c1 + c2 + c4, c8, bh, Lk, sm_scale,
-                   qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, ATOMICS)
+    dq = _dq_any_level(q, do, lse, delta, dq, K1, V1, K1D, V1D, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale, d,
+                       1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS, TMA1)
+    dq = _dq_any_level(q, do, lse, delta, dq, K2, V2, K2D, V2D, DK2, DV2, lst + c1, c2, bh, Lk, sm_scale, qk_scale,
+                       d, 2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, ATOMICS, TMA2)
+    dq = _dq_any_level(q, do, lse, delta, dq, K4, V4, K4D, V4D, DK4, DV4, lst + c1 + c2, c4, bh, Lk, sm_scale,
+                       qk_scale, d, 4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, ATOMICS, TMA4)
+    dq = _dq_any_level(q, do, lse, delta, dq, K8, V8, K8D, V8D, DK8, DV8, lst + c1 + c2 + c4, c8, bh, Lk, sm_scale,
+                       qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, ATOMICS, TMA8)
     tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_m[:, None])
 
 
@@ -245,16 +267,18 @@ def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, blo
     (k2, v2), (k4, v4), (k8, v8) = pyramid
     dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
     dq = torch.empty_like(q)
-    kd, vd = level1_descriptors(k, v, cfg.dq_tiles[0], block_n, cfg.dq_tma)
+    tiles = level_tiles(q.dtype, block_n, cfg.dq_tiles, cfg.dq_tma, cfg.dq_pooled_tma)
+    (k1d, v1d), (k2d, v2d), (k4d, v4d), (k8d, v8d) = level_descriptors(k, v, pyramid, tiles)
     _bwd_dq_kernel[(n_qb, batch * heads)](
-        q, k, v, k2, v2, k4, v4, k8, v8, kd, vd,
+        q, k, v, k2, v2, k4, v4, k8, v8, k1d, v1d, k2d, v2d, k4d, v4d, k8d, v8d,
         do, lse, delta, dq, dk2, dv2, dk4, dv4, dk8, dv8,
         plan.idx, plan.cnt, plan.order,
         sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim,
-        TILE1=cfg.dq_tiles[0], TILE2=cfg.dq_tiles[1], TILE4=cfg.dq_tiles[2], TILE8=cfg.dq_tiles[3],
-        STAGES=cfg.dq_stages, DOT_PREC=dot_precision(q), USE_TMA=kd is not None,
-        ATOMICS=cfg.dq_pooled_atomics, REORDER=plan.order is not None, num_warps=cfg.dq_warps,
+        TILE1=tiles[0][1], TILE2=tiles[1][1], TILE4=tiles[2][1], TILE8=tiles[3][1],
+        STAGES=cfg.dq_stages, DOT_PREC=dot_precision(q), TMA1=tiles[0][0], TMA2=tiles[1][0],
+        TMA4=tiles[2][0], TMA8=tiles[3][0], ATOMICS=cfg.dq_pooled_atomics,
+        REORDER=plan.order is not None, num_warps=cfg.dq_warps,
     )
     return dq
 

@@ -1,15 +1,30 @@
-"""Block scoring on the GPU: per sampled query, the log-sum-exp of its logits in each key block.
+"""Block scoring on the GPU: sampled attention pooled per (query block, key block), in one kernel.
 
-Block scores (psa_train.attention.scoring) need, for every sampled query row, the softmax mass
-of every key block over the sampled keys. That mass is softmax_j(lse_j) where lse_j is the
-log-sum-exp of the row's logits within key block j, so one pass over the logits is enough: this
-kernel computes lse_j for all rows and blocks (exp2 domain) and never writes the Sq × Sk logits.
-The softmax over blocks and the reduction over a query block's samples are cheap torch ops on
-the [B, H, Sq, nK] result.
+Block scores (psa_train.attention.scoring) need, for every sampled query row r, the softmax mass
+of every key block j over the sampled keys, mass_rj = Σ_{sampled keys of j} 2^(x_rk - LSE_r),
+with x the logits in the exp2 domain and LSE_r the row's log-sum-exp (base 2) over all sampled
+keys; then the sampled rows of each query block are pooled (max, or mean over valid samples).
 
-Sampled keys arrive padded: every key block owns `slots` consecutive slots (a power of two),
-unused slots (a short tail block, or a fraction that does not fill a power of two) are invalid
-and get -inf.
+One program owns BLOCK_Q sampled query rows (whole query blocks) of one (batch, head):
+  pass 1  walks the sampled keys a tile at a time (tl.dot). Per tile it stores the block sums
+          s_rj = Σ 2^(x_rk - m_rt) against the tile's row max m_rt into a scratch [B, H, Sq, nK]
+          (fp32 or fp16) and m_rt into [B, H, Sq, tiles], and keeps the online row max / sum
+          that give LSE_r (flash-style). No logarithm per block: the loop is bound by the
+          exponentials (MUFU) and the instruction issue, so every op per logit counts;
+  pass 2  re-reads its own rows of the scratch (just written, partly still in L2) in chunks of
+          key blocks, mass_rj = s_rj · 2^(m_rt - LSE_r), and pools each query block's samples;
+  pass 3  (optional) divides the pooled rows by their sums, so every row sums to 1.
+The Sq × Sk logits never reach memory, and neither does the [Sq, nK] mass tensor in torch.
+
+Samples arrive as padded tables (scoring.padded_samples): every block owns a power of two of
+consecutive slots, unused slots are invalid. Key slots that are invalid get -inf logits; query
+slots that are invalid still compute (they point at a real token) but are left out of pooling.
+Tiles made only of fully sampled key blocks (all but the tail at the default quarter sampling)
+skip the masking.
+
+Operand loads (``loads``): "contiguous" gathers the sampled rows of q and k once per call
+(index_select) so the kernel reads plain consecutive tiles; "tma" reads those gathered copies
+through TMA descriptors; "gather" skips the copies and loads rows through the index tables.
 """
 
 from __future__ import annotations
@@ -21,29 +36,61 @@ import triton.language as tl
 from .triton_launch import cdiv, kernel
 
 LOG2_E = 1.4426950408889634
+LOADS = ("contiguous", "tma", "gather")
+SEGMENT_SUMS = ("dot", "reshape")
+SCRATCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# Defaults of block_scores_triton (kernel_bench.py --scoring-only times the alternatives).
+DEFAULTS = {"loads": "contiguous", "block_q": 128, "tile_slots": 128, "num_warps": 8, "num_stages": 2,
+            "segment_sum": "dot", "chunk": 64, "scratch": "fp32", "max_registers": "auto"}
+# On CUDA: the fastest measured on an H200 at the Wan shape (BENCHMARKS.md, 2026-11-28 20:05 UTC:
+# 0.73 ms at block_n 64, 0.80 ms at 32, against 0.80 / 0.92 ms with DEFAULTS' loads and scratch).
+CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16"}
 
 
 @triton.jit
-def _lse_by_reshape(logits, BLOCK_Q: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, SLOTS: tl.constexpr):
-    """Per-block log-sum-exp through a [rows, blocks, slots] view (exact per-block maxima)."""
-    grouped = tl.reshape(logits, (BLOCK_Q, BLOCKS_PER_TILE, SLOTS))
-    block_max = tl.max(grouped, axis=2)
-    safe_max = tl.where(block_max == float("-inf"), 0.0, block_max)
-    return safe_max + tl.log2(tl.sum(tl.exp2(grouped - safe_max[:, :, None]), axis=2))
+def _load_rows(base, ROWS, DESC, desc_row, first, count, stride_l,
+               NUM: tl.constexpr, HEAD_DIM: tl.constexpr, LOADS: tl.constexpr, MASKED: tl.constexpr):
+    """Rows first .. first+NUM of a sampled operand, [NUM, HEAD_DIM].
 
-
-@triton.jit
-def _lse_by_dot(logits, BLOCK_Q: tl.constexpr, TILE: tl.constexpr, SLOTS: tl.constexpr, OUT_COLS: tl.constexpr,
-                INTERPRETED: tl.constexpr):
-    """Per-block log-sum-exp with one exp per logit and the segmented sum as a matrix product.
-
-    Exponentials are taken against the tile's row maximum; a block whose terms all underflow
-    from there holds under ~2^-126 of the row's mass and gets -inf (a zero score). The sum runs
-    in bf16 (the exponent range of fp32; ~0.4 % rounding per term).
+    MASKED: rows >= count may occur (they read as zeros, or for "tma" as whatever follows: the
+    next head's rows; callers mask those rows out). Unmasked loads are a little cheaper.
     """
-    row_max = tl.max(logits, axis=1)
-    safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-    weights = tl.exp2(logits - safe_max[:, None])
+    if LOADS == "tma":
+        return DESC.load([(desc_row + first).to(tl.int32), 0])
+    idx = first + tl.arange(0, NUM)
+    d = tl.arange(0, HEAD_DIM)
+    if MASKED:
+        ok = idx < count
+        if LOADS == "gather":
+            idx = tl.load(ROWS + idx, mask=ok, other=0)
+        return tl.load(base + idx[:, None] * stride_l + d[None, :], mask=ok[:, None], other=0.0)
+    if LOADS == "gather":
+        idx = tl.load(ROWS + idx)
+    return tl.load(base + idx[:, None] * stride_l + d[None, :])
+
+
+@triton.jit
+def _raw_logits(q, k, INTERPRETED: tl.constexpr):
+    """q kᵀ in fp32, unscaled."""
+    if INTERPRETED:  # the interpreter's half-precision tl.dot is wrong (triton 3.8): use fp32
+        return tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    return tl.dot(q, tl.trans(k))
+
+
+@triton.jit
+def _block_sums_dot(raw, scale, TILE: tl.constexpr, SLOTS: tl.constexpr, OUT_COLS: tl.constexpr,
+                    INTERPRETED: tl.constexpr):
+    """Per-block sums with one exp per logit and the segmented sum as a matrix product.
+
+    raw: unscaled logits (-inf where masked); scale > 0 takes them to the exp2 domain, so the
+    row max is taken before scaling and scale-and-shift is one fma per logit. Returns (sums
+    [rows, OUT_COLS] against the tile row max, that max, the sums' total). A block whose terms
+    all underflow from the max (under ~2^-126 of it) sums to 0. The sums run on bf16 weights
+    (up to 0.4 % rounding per term) with fp32 accumulation.
+    """
+    row_max = tl.max(raw, axis=1)
+    safe_max = tl.where(row_max == float("-inf"), 0.0, row_max) * scale
+    weights = tl.exp2(raw * scale - safe_max[:, None])
     cols = tl.arange(0, TILE)
     owner = tl.arange(0, OUT_COLS)
     indicator = ((cols[:, None] // SLOTS) == owner[None, :]).to(tl.float32)
@@ -51,47 +98,311 @@ def _lse_by_dot(logits, BLOCK_Q: tl.constexpr, TILE: tl.constexpr, SLOTS: tl.con
         sums = tl.dot(weights, indicator, input_precision="ieee")
     else:
         sums = tl.dot(weights.to(tl.bfloat16), indicator.to(tl.bfloat16))
-    return safe_max[:, None] + tl.log2(sums)
+    return sums, safe_max, tl.sum(sums, axis=1)
+
+
+@triton.jit
+def _block_sums_reshape(raw, scale, BLOCK_Q: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, SLOTS: tl.constexpr):
+    """Per-block sums through a [rows, blocks, slots] view (exact per-block maxima).
+
+    Returns the same triple as `_block_sums_dot`, for one log and one exp per block more.
+    """
+    grouped = tl.reshape(raw * scale, (BLOCK_Q, BLOCKS_PER_TILE, SLOTS))
+    block_max = tl.max(grouped, axis=2)
+    safe_block = tl.where(block_max == float("-inf"), 0.0, block_max)
+    lse = safe_block + tl.log2(tl.sum(tl.exp2(grouped - safe_block[:, :, None]), axis=2))
+    row_max = tl.max(lse, axis=1)
+    safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    sums = tl.exp2(lse - safe_max[:, None])
+    return sums, safe_max, tl.sum(sums, axis=1)
+
+
+@triton.jit
+def _store_tile(SCRATCH, MAXES, sums, tile_max, row_ids, row_ok, first_block, num_k_blocks, num_tiles,
+                BLOCKS_PER_TILE: tl.constexpr, OUT_COLS: tl.constexpr):
+    """Pass 1's output for one key tile: block sums (the first BLOCKS_PER_TILE of OUT_COLS
+    columns, in the scratch's dtype) and the row max they are taken against.
+
+    fp16 sums (at most the tile's slot count) lose blocks under 2^-24 of the tile's largest
+    term and round the rest by 0.05 %; fp32 keeps them as computed.
+    """
+    blocks = first_block + tl.arange(0, OUT_COLS)
+    in_tile = (tl.arange(0, OUT_COLS) < BLOCKS_PER_TILE) & (blocks < num_k_blocks)
+    ptr = SCRATCH + row_ids[:, None] * num_k_blocks + blocks[None, :]
+    tl.store(ptr, sums.to(SCRATCH.dtype.element_ty), mask=row_ok[:, None] & in_tile[None, :])
+    tl.store(MAXES + row_ids * num_tiles + first_block // BLOCKS_PER_TILE, tile_max, mask=row_ok)
+
+
+@triton.jit
+def _key_tile(q, k_base, K_ROWS, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids, row_ok, bh,
+              first_block, num_k_rows, num_k_blocks, num_tiles, stride_kl, scale,
+              HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, K_SLOTS: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr,
+              OUT_COLS: tl.constexpr, LOADS: tl.constexpr, SEGMENT_SUM: tl.constexpr, MASKED: tl.constexpr,
+              INTERPRETED: tl.constexpr):
+    """One step of pass 1 over BLOCKS_PER_TILE key blocks: sums to the scratch; new (row max, sum).
+
+    MASKED tiles may hold invalid key slots or run past the last block; unmasked ones skip the
+    validity bias and the load masks.
+    """
+    first_col = first_block * K_SLOTS
+    k = _load_rows(k_base, K_ROWS, K_DESC, bh * num_k_rows, first_col, num_k_rows, stride_kl,
+                   BLOCKS_PER_TILE * K_SLOTS, HEAD_DIM, LOADS, MASKED)
+    raw = _raw_logits(q, k, INTERPRETED)
+    if MASKED:
+        cols = first_col + tl.arange(0, BLOCKS_PER_TILE * K_SLOTS)
+        valid = tl.load(K_VALID + cols, mask=cols < num_k_rows, other=0) != 0
+        raw += tl.where(valid, 0.0, float("-inf"))[None, :]
+    if SEGMENT_SUM == "reshape":
+        sums, tile_max, tile_sum = _block_sums_reshape(raw, scale, BLOCK_Q, BLOCKS_PER_TILE, K_SLOTS)
+    else:
+        sums, tile_max, tile_sum = _block_sums_dot(raw, scale, BLOCKS_PER_TILE * K_SLOTS, K_SLOTS, OUT_COLS,
+                                                   INTERPRETED)
+    _store_tile(SCRATCH, MAXES, sums, tile_max, row_ids, row_ok, first_block, num_k_blocks, num_tiles,
+                BLOCKS_PER_TILE, OUT_COLS)
+    new_max = tl.maximum(row_max, tile_max)
+    row_sum = row_sum * tl.exp2(row_max - new_max) + tile_sum * tl.exp2(tile_max - new_max)
+    return new_max, row_sum
+
+
+@triton.jit
+def _pool_query_blocks(SCRATCH, MAXES, OUT, Q_VALID, row_lse, bh, tile, num_q_rows, num_q_blocks, num_k_blocks,
+                       num_tiles, BLOCK_Q: tl.constexpr, Q_SLOTS: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr,
+                       TILES: tl.constexpr, MEAN: tl.constexpr):
+    """Pass 2: masses of this program's rows, pooled per query block, stored; returns row sums.
+
+    Works on [rows, TILES, BLOCKS_PER_TILE] blocks at a time, so each tile's factor
+    2^(m_rt - LSE_r) costs one exp per row and tile, not one per block.
+    """
+    rows = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < num_q_rows
+    row_ids = bh * num_q_rows + rows
+    sampled = tl.load(Q_VALID + rows, mask=row_ok, other=0) != 0
+    groups = tile * (BLOCK_Q // Q_SLOTS) + tl.arange(0, BLOCK_Q // Q_SLOTS)
+    group_ok = groups < num_q_blocks
+    count = tl.sum(tl.reshape(sampled.to(tl.float32), (BLOCK_Q // Q_SLOTS, Q_SLOTS)), axis=1)
+    count = tl.maximum(count, 1.0)
+    total = tl.zeros((BLOCK_Q // Q_SLOTS,), dtype=tl.float32)
+    for first_tile in range(0, num_tiles, TILES):
+        tiles = first_tile + tl.arange(0, TILES)
+        blocks = tiles[:, None] * BLOCKS_PER_TILE + tl.arange(0, BLOCKS_PER_TILE)[None, :]  # [TILES, per tile]
+        block_ok = blocks < num_k_blocks
+        maxes = tl.load(MAXES + row_ids[:, None] * num_tiles + tiles[None, :],
+                        mask=sampled[:, None] & (tiles < num_tiles)[None, :], other=float("-inf"))
+        factor = tl.exp2(maxes - row_lse[:, None])  # <= 1, and 0 where not sampled
+        sums = tl.load(SCRATCH + row_ids[:, None, None] * num_k_blocks + blocks[None, :, :],
+                       mask=sampled[:, None, None] & block_ok[None, :, :], other=0.0)
+        mass = sums.to(tl.float32) * factor[:, :, None]
+        grouped = tl.reshape(mass, (BLOCK_Q // Q_SLOTS, Q_SLOTS, TILES, BLOCKS_PER_TILE))
+        if MEAN:
+            pooled = tl.sum(grouped, axis=1) / count[:, None, None]
+        else:
+            pooled = tl.max(grouped, axis=1)
+        total += tl.sum(tl.sum(pooled, axis=2), axis=1)
+        tl.store(OUT + (bh * num_q_blocks + groups)[:, None, None] * num_k_blocks + blocks[None, :, :], pooled,
+                 mask=group_ok[:, None, None] & block_ok[None, :, :])
+    return total
+
+
+@triton.jit
+def _normalize_rows(OUT, total, bh, tile, num_q_blocks, num_k_blocks, GROUPS: tl.constexpr, CHUNK: tl.constexpr):
+    """Pass 3: divide this program's pooled rows (written in pass 2) by their sums."""
+    groups = tile * GROUPS + tl.arange(0, GROUPS)
+    group_ok = groups < num_q_blocks
+    inv = 1.0 / tl.maximum(total, 1.1754943508222875e-38)
+    for first in range(0, num_k_blocks, CHUNK):
+        blocks = first + tl.arange(0, CHUNK)
+        ptr = OUT + (bh * num_q_blocks + groups)[:, None] * num_k_blocks + blocks[None, :]
+        mask = group_ok[:, None] & (blocks < num_k_blocks)[None, :]
+        tl.store(ptr, tl.load(ptr, mask=mask, other=0.0) * inv[:, None], mask=mask)
 
 
 @kernel
-def _block_lse_kernel(
-    Q, K, Q_ROWS, K_ROWS, K_VALID, OUT,
-    Lq, Lk, num_q_rows, num_k_blocks, sm_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, SLOTS: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr,
-    SEGMENT_SUM: tl.constexpr, OUT_COLS: tl.constexpr, INTERPRETED: tl.constexpr,
+def _block_scores_kernel(
+    Q, K, Q_DESC, K_DESC, Q_ROWS, K_ROWS, Q_VALID, K_VALID, SCRATCH, MAXES, OUT,
+    num_heads, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+    num_q_rows, num_k_rows, num_q_blocks, num_k_blocks, clean_blocks, num_tiles, sm_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, Q_SLOTS: tl.constexpr, K_SLOTS: tl.constexpr,
+    BLOCKS_PER_TILE: tl.constexpr, OUT_COLS: tl.constexpr, POOL_TILES: tl.constexpr, CHUNK: tl.constexpr,
+    LOADS: tl.constexpr,
+    SEGMENT_SUM: tl.constexpr, REDUCE: tl.constexpr, NORMALIZE: tl.constexpr, STAGES: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):
     tile = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    d = tl.arange(0, HEAD_DIM)
+    batch, head = bh // num_heads, bh % num_heads
+    q_base = Q + batch * stride_qb + head * stride_qh
+    k_base = K + batch * stride_kb + head * stride_kh
     rows = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < num_q_rows
-    q_tokens = tl.load(Q_ROWS + rows, mask=row_ok, other=0)
-    q = tl.load(Q + bh * Lq * HEAD_DIM + q_tokens[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None], other=0.0)
+    row_ids = bh * num_q_rows + rows
+    q = _load_rows(q_base, Q_ROWS, Q_DESC, bh * num_q_rows, tile * BLOCK_Q, num_q_rows, stride_ql,
+                   BLOCK_Q, HEAD_DIM, LOADS, True)
 
-    num_slots = num_k_blocks * SLOTS
-    for first_block in range(0, num_k_blocks, BLOCKS_PER_TILE):
-        cols = first_block * SLOTS + tl.arange(0, BLOCKS_PER_TILE * SLOTS)
-        col_ok = cols < num_slots
-        valid = tl.load(K_VALID + cols, mask=col_ok, other=0) != 0
-        k_tokens = tl.load(K_ROWS + cols, mask=col_ok, other=0)
-        k = tl.load(K + bh * Lk * HEAD_DIM + k_tokens[:, None] * HEAD_DIM + d[None, :], mask=valid[:, None], other=0.0)
-        if INTERPRETED:  # the interpreter's half-precision tl.dot is wrong (triton 3.8): use fp32
-            logits = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            logits = tl.dot(q, tl.trans(k))
-        logits = logits * sm_scale_log2
-        logits = tl.where(valid[None, :], logits, float("-inf"))
-        if SEGMENT_SUM == "dot":
-            lse = _lse_by_dot(logits, BLOCK_Q, BLOCKS_PER_TILE * SLOTS, SLOTS, OUT_COLS, INTERPRETED)
-            blocks = first_block + tl.arange(0, OUT_COLS)
-            in_tile = tl.arange(0, OUT_COLS) < BLOCKS_PER_TILE
-        else:
-            lse = _lse_by_reshape(logits, BLOCK_Q, BLOCKS_PER_TILE, SLOTS)
-            blocks = first_block + tl.arange(0, BLOCKS_PER_TILE)
-            in_tile = tl.arange(0, BLOCKS_PER_TILE) < BLOCKS_PER_TILE
-        out_ptr = OUT + bh * num_q_rows * num_k_blocks + rows[:, None] * num_k_blocks + blocks[None, :]
-        tl.store(out_ptr, lse, mask=row_ok[:, None] & (in_tile & (blocks < num_k_blocks))[None, :])
+    # pass 1: per-tile block sums to the scratch, online row max / sum for the row's lse;
+    # blocks [0, clean_blocks) come in whole tiles with every slot valid, the rest masked
+    row_max = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+    for first_block in tl.range(0, clean_blocks, BLOCKS_PER_TILE, num_stages=STAGES):
+        row_max, row_sum = _key_tile(q, k_base, K_ROWS, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids,
+                                     row_ok, bh, first_block, num_k_rows, num_k_blocks, num_tiles, stride_kl,
+                                     sm_scale_log2, HEAD_DIM, BLOCK_Q, K_SLOTS, BLOCKS_PER_TILE, OUT_COLS, LOADS,
+                                     SEGMENT_SUM, False, INTERPRETED)
+    for first_block in tl.range(clean_blocks, num_k_blocks, BLOCKS_PER_TILE, num_stages=STAGES):
+        row_max, row_sum = _key_tile(q, k_base, K_ROWS, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids,
+                                     row_ok, bh, first_block, num_k_rows, num_k_blocks, num_tiles, stride_kl,
+                                     sm_scale_log2, HEAD_DIM, BLOCK_Q, K_SLOTS, BLOCKS_PER_TILE, OUT_COLS, LOADS,
+                                     SEGMENT_SUM, True, INTERPRETED)
+
+    if REDUCE == "none":  # pass 1 alone: the row log-sum-exps go where pass 2 would write scores
+        tl.store(OUT + row_ids, row_max + tl.log2(row_sum), mask=row_ok)
+    else:
+        tl.debug_barrier()  # pass 2 reads scratch entries other threads of this program wrote
+        total = _pool_query_blocks(SCRATCH, MAXES, OUT, Q_VALID, row_max + tl.log2(row_sum), bh, tile, num_q_rows,
+                                   num_q_blocks, num_k_blocks, num_tiles, BLOCK_Q, Q_SLOTS, BLOCKS_PER_TILE,
+                                   POOL_TILES, REDUCE == "mean")
+        if NORMALIZE:
+            tl.debug_barrier()
+            _normalize_rows(OUT, total, bh, tile, num_q_blocks, num_k_blocks, BLOCK_Q // Q_SLOTS, CHUNK)
+
+
+def _descriptor(x: torch.Tensor, rows: int):
+    """TMA descriptor of a contiguous [B, H, S, D] as [B*H*S, D] with (rows, D) boxes."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor.from_tensor(x.view(-1, x.shape[-1]), [rows, x.shape[-1]])
+
+
+def _operands(x: torch.Tensor, rows: torch.Tensor, loads: str) -> torch.Tensor:
+    """What the kernel reads: the sampled rows gathered once, or x itself (unit stride in D)."""
+    if loads == "gather":
+        return x if x.stride(-1) == 1 else x.contiguous()
+    return x.index_select(2, rows.view(-1)).contiguous()
+
+
+def _as_int8(valid: torch.Tensor) -> torch.Tensor:
+    """Validity as int8 for the kernel: a free view of a bool tensor."""
+    return valid.view(torch.int8) if valid.dtype == torch.bool else valid
+
+
+def _blocks_per_tile(tile_slots: int, slots: int) -> int:
+    """Key blocks per pass-1 step: tile_slots sampled keys (at least 16, a tensor-core side)."""
+    return max(1, max(16, tile_slots) // slots)
+
+
+def full_key_blocks(k_valid: torch.Tensor, slots: int) -> int:
+    """How many leading key blocks have every slot valid (a host sync for a CUDA k_valid)."""
+    full = k_valid.reshape(-1, slots).bool().all(-1)
+    return int(full.int().cumprod(0).sum())
+
+
+def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots, k_full_blocks,
+            loads, block_q, tile_slots, num_warps, num_stages, segment_sum, chunk, scratch, max_registers):
+    """Shared launcher: returns the pooled scores, or for reduce "none" (scratch, maxes, row lse)."""
+    if loads not in LOADS:
+        raise ValueError(f"loads must be one of {LOADS}, got {loads!r}")
+    if segment_sum not in SEGMENT_SUMS:
+        raise ValueError(f"segment_sum must be one of {SEGMENT_SUMS}, got {segment_sum!r}")
+    if scratch not in SCRATCH_DTYPES:
+        raise ValueError(f"scratch must be one of {tuple(SCRATCH_DTYPES)}, got {scratch!r}")
+    batch, heads, _, dim = q.shape
+    num_q_rows, num_k_rows = q_rows.numel(), k_rows.numel()
+    num_k_blocks = num_k_rows // k_slots
+    block_q = max(block_q, q_slots)  # whole query blocks per program (both powers of two)
+    blocks_per_tile = _blocks_per_tile(tile_slots, k_slots)
+    out_cols = blocks_per_tile if segment_sum == "reshape" else max(16, blocks_per_tile)
+    num_tiles = cdiv(num_k_blocks, blocks_per_tile)
+    clean_blocks = min(k_full_blocks, num_k_blocks) // blocks_per_tile * blocks_per_tile
+    qs, ks = _operands(q, q_rows, loads), _operands(k, k_rows, loads)
+    q_desc = _descriptor(qs, block_q) if loads == "tma" else None
+    k_desc = _descriptor(ks, blocks_per_tile * k_slots) if loads == "tma" else None
+    sums = torch.empty(batch, heads, num_q_rows, num_k_blocks, dtype=SCRATCH_DTYPES[scratch], device=q.device)
+    maxes = torch.empty(batch, heads, num_q_rows, num_tiles, dtype=torch.float32, device=q.device)
+    if reduce == "none":
+        out = torch.empty(batch, heads, num_q_rows, dtype=torch.float32, device=q.device)
+    else:
+        out = torch.empty(batch, heads, num_q_rows // q_slots, num_k_blocks, dtype=torch.float32, device=q.device)
+    if max_registers == "auto":  # two programs per SM (65536 registers), when that needs a cap
+        max_registers = 65536 // (2 * 32 * num_warps) if num_warps >= 8 else None
+    limits = {"maxnreg": max_registers} if max_registers and q.is_cuda else {}
+    grid = (cdiv(num_q_rows, block_q), batch * heads)
+    _block_scores_kernel[grid](
+        qs, ks, q_desc, k_desc, q_rows, k_rows, q_valid, k_valid, sums, maxes, out,
+        heads, qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
+        num_q_rows, num_k_rows, num_q_rows // q_slots, num_k_blocks, clean_blocks, num_tiles,
+        float(sm_scale) * LOG2_E,
+        HEAD_DIM=dim, BLOCK_Q=block_q, Q_SLOTS=q_slots, K_SLOTS=k_slots, BLOCKS_PER_TILE=blocks_per_tile,
+        OUT_COLS=out_cols, POOL_TILES=max(1, chunk // blocks_per_tile), CHUNK=chunk, LOADS=loads,
+        SEGMENT_SUM=segment_sum, REDUCE=reduce, NORMALIZE=bool(normalize), STAGES=num_stages,
+        INTERPRETED=not q.is_cuda, num_warps=num_warps, **limits,
+    )
+    return (sums, maxes, out) if reduce == "none" else out
+
+
+def block_scores_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_rows: torch.Tensor,
+    q_valid: torch.Tensor,
+    k_rows: torch.Tensor,
+    k_valid: torch.Tensor,
+    sm_scale: float,
+    reduction: str = "max",
+    normalize: bool = True,
+    k_full_blocks: int | None = None,
+    **options,
+) -> torch.Tensor:
+    """[B, H, nQ, nK] float32 block scores, everything after the sample tables in one kernel.
+
+    q [B, H, Lq, D], k [B, H, Lk, D] (fp16/bf16/fp32, D a power of two >= 16, unit stride in D
+    for loads="gather", 16-byte aligned rows for "tma"); q_rows, q_valid [nQ, q_slots] and
+    k_rows, k_valid [nK, k_slots]: padded sample tables (scoring.padded_samples), rows int64,
+    validity int8 or bool. k_full_blocks: `full_key_blocks(k_valid)`, the leading key blocks
+    whose tiles may skip masking (pass it from a cache: None computes it, a host sync on CUDA).
+    `options` override DEFAULTS: loads (see module doc), block_q (sampled query rows per
+    program, raised to q_slots), tile_slots (sampled keys per step), num_warps, num_stages,
+    segment_sum ("dot": bf16 indicator product, "reshape": exact per-block maxima), chunk (key
+    blocks per pooling step, at least one tile), scratch ("fp32", or "fp16": half the scratch traffic, see
+    `_store_tile`), max_registers (per thread, CUDA only; "auto" caps 8 warps at 128 so two
+    programs share an SM and one's exponentials overlap the other's tensor-core products; None:
+    the compiler's choice).
+    """
+    if reduction not in ("max", "mean"):
+        raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}")
+    cfg = {**DEFAULTS, **(CUDA_DEFAULTS if q.is_cuda else {}), **options}
+    if k_full_blocks is None:
+        k_full_blocks = full_key_blocks(k_valid, k_rows.shape[-1])
+    return _launch(q, k, q_rows, _as_int8(q_valid), k_rows, _as_int8(k_valid), sm_scale, reduction, normalize,
+                   q_rows.shape[-1], k_rows.shape[-1], k_full_blocks, **cfg)
+
+
+def block_sums(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_rows: torch.Tensor,
+    k_rows: torch.Tensor,
+    k_valid: torch.Tensor,
+    slots: int,
+    sm_scale: float,
+    *,
+    k_full_blocks: int | None = None,
+    **options,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 1 of the fused kernel alone, for tests and timing: (sums, maxes, row lse).
+
+    sums [B, H, len(q_rows), nK] (scratch dtype): Σ 2^(x - m) over each key block's sampled
+    keys, against m = maxes [B, H, len(q_rows), tiles] of the block's tile; row lse [B, H,
+    len(q_rows)]: log2 Σ 2^x over all sampled keys (x = q·k·scale·log2e). q_rows: any query
+    tokens; k_rows, k_valid: [nK * slots] padded sampled key tokens and validity; options as
+    for `block_scores_triton` (loads default "gather" here).
+    """
+    cfg = {**DEFAULTS, "loads": "gather", **options}
+    if k_full_blocks is None:
+        k_full_blocks = full_key_blocks(k_valid, slots)
+    return _launch(q, k, q_rows, None, k_rows, _as_int8(k_valid), sm_scale, "none", False, 1, slots, k_full_blocks,
+                   **cfg)
 
 
 def block_logsumexp2(
@@ -102,30 +413,13 @@ def block_logsumexp2(
     k_valid: torch.Tensor,
     slots: int,
     sm_scale: float,
-    block_q: int = 128,
-    num_warps: int = 8,
-    tile_slots: int = 128,
-    segment_sum: str = "dot",
+    **options,
 ) -> torch.Tensor:
     """[B, H, len(q_rows), nK] float32: log2 Σ_{sampled keys of block j} 2^(q·k·scale·log2e).
 
-    q [B, H, Lq, D], k [B, H, Lk, D] contiguous (fp16/bf16/fp32, D in {64, 128}); q_rows: the
-    sampled query tokens; k_rows, k_valid: [nK * slots] padded sampled key tokens and validity.
-    A block with no valid slot gets -inf. Defaults: the fastest variant timed on an H200
-    (benchmarks/kernel_bench.py --scoring-only, 18:34 UTC 2026-11-28; B=1, H=12, L=32760, D=128:
-    0.88 ms at block_n 64, 0.92 ms at block_n 32, against 0.96 / 1.26 ms for the reshape sum).
+    `block_sums` turned into per-block log-sum-exps (torch ops). A block with no valid slot,
+    or whose terms all underflow against its tile's max, gets -inf.
     """
-    batch, heads, length_q, dim = q.shape
-    num_k_blocks = k_rows.numel() // slots
-    if segment_sum not in ("reshape", "dot"):
-        raise ValueError(f"segment_sum must be 'reshape' or 'dot', got {segment_sum!r}")
-    blocks_per_tile = max(1, tile_slots // slots)
-    out = torch.empty(batch, heads, q_rows.numel(), num_k_blocks, dtype=torch.float32, device=q.device)
-    grid = (cdiv(q_rows.numel(), block_q), batch * heads)
-    _block_lse_kernel[grid](
-        q, k, q_rows, k_rows, k_valid.to(torch.int8), out,
-        length_q, k.shape[2], q_rows.numel(), num_k_blocks, float(sm_scale) * LOG2_E,
-        HEAD_DIM=dim, BLOCK_Q=block_q, SLOTS=slots, BLOCKS_PER_TILE=blocks_per_tile,
-        SEGMENT_SUM=segment_sum, OUT_COLS=max(16, blocks_per_tile), INTERPRETED=not q.is_cuda, num_warps=num_warps,
-    )
-    return out
+    sums, maxes, _ = block_sums(q, k, q_rows, k_rows, k_valid, slots, sm_scale, **options)
+    per_tile = _blocks_per_tile(options.get("tile_slots", DEFAULTS["tile_slots"]), slots)
+    return maxes.repeat_interleave(per_tile, dim=-1)[..., : sums.shape[-1]] + torch.log2(sums.float())

@@ -67,22 +67,36 @@ def _fwd_level(
 
 
 @triton.jit
-def _fwd_level1_tma(
-    q, m_i, l_i, acc, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
-    BLOCK_N: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
-):
-    """Level 1 with tensor-memory-accelerator loads: TILE (<= block_n) contiguous key rows.
+def _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr):
+    """Tile `it` of a level whose entries load by TMA: each entry's R = block_n / s pooled rows
+    are contiguous, taken TILE (<= R) at a time. Returns K, V [TILE, D], the pooled row indices
+    and the logit bias: log2 of the tokens a pooled row stands for, -inf for rows past this head's
+    pooled length (KD/VD describe level s as [B*H*ceil(Lk/s), D], so those rows hold the next
+    head's keys, or zero fill past the tensor)."""
+    R: tl.constexpr = BLOCK_N // S
+    SUB: tl.constexpr = R // TILE
+    Ls = (Lk + S - 1) // S
+    blk = tl.load(list_ptr + it // SUB)
+    first = blk * R + (it % SUB) * TILE
+    k = KD.load([(bh * Ls + first).to(tl.int32), 0])
+    v = VD.load([(bh * Ls + first).to(tl.int32), 0])
+    r = first + tl.arange(0, TILE)
+    if S == 1:
+        bias = tl.where(r < Ls, 0.0, float("-inf"))
+    else:
+        n = tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
+        bias = tl.where(r < Ls, tl.log2(n), float("-inf"))
+    return k, v, r, bias
 
-    KD/VD describe K/V as [B*H*Lk, D]; rows past this head's Lk (next head, or zero fill past
-    the tensor) are masked by the -inf bias.
-    """
-    for it in tl.range(0, cnt * (BLOCK_N // TILE), num_stages=STAGES):
-        blk = tl.load(list_ptr + it // (BLOCK_N // TILE))
-        start = blk * BLOCK_N + (it % (BLOCK_N // TILE)) * TILE
-        row = (bh * Lk + start).to(tl.int32)
-        k = KD.load([row, 0])
-        v = VD.load([row, 0])
-        bias = tl.where(start + tl.arange(0, TILE) < Lk, 0.0, float("-inf"))
+
+@triton.jit
+def _fwd_level_tma(
+    q, m_i, l_i, acc, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
+    S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """One level with tensor-memory-accelerator loads, tile by tile (`_tma_entry_tile`)."""
+    for it in tl.range(0, cnt * ((BLOCK_N // S) // TILE), num_stages=STAGES):
+        k, v, r, bias = _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
         qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_new[:, None])
@@ -93,14 +107,29 @@ def _fwd_level1_tma(
     return m_i, l_i, acc
 
 
+@triton.jit
+def _fwd_any_level(
+    q, m_i, l_i, acc, KB, VB, KD, VD, list_ptr, cnt, bh, Lk, qk_scale, d,
+    S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr,
+):
+    if USE_TMA:
+        return _fwd_level_tma(q, m_i, l_i, acc, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
+                              S, BLOCK_N, TILE, STAGES, DOT_PREC)
+    else:
+        return _fwd_level(q, m_i, l_i, acc, KB, VB, list_ptr, cnt, bh, Lk, qk_scale, d,
+                          S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC)
+
+
 @kernel
 def _pyramid_fwd_kernel(
-    Q, K1, V1, K2, V2, K4, V4, K8, V8, K1D, V1D,
+    Q, QD, K1, V1, K2, V2, K4, V4, K8, V8, K1D, V1D, K2D, V2D, K4D, V4D, K8D, V8D,
     IDX, CNT, ORDER, OUT, LSE,
     qk_scale, Lq, Lk, n_qb, n_kb,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     TILE1: tl.constexpr, TILE2: tl.constexpr, TILE4: tl.constexpr, TILE8: tl.constexpr,
-    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, REORDER: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, TMA1: tl.constexpr, TMA2: tl.constexpr,
+    TMA4: tl.constexpr, TMA8: tl.constexpr, REORDER: tl.constexpr, Q_TMA: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -111,8 +140,11 @@ def _pyramid_fwd_kernel(
     row = bh * n_qb + i
     offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + d[None, :],
-                mask=(offs_m < Lq)[:, None], other=0.0)
+    if Q_TMA:  # rows past Lq (next head / zero fill) are computed but never stored
+        q = QD.load([(bh * Lq + i * BLOCK_M).to(tl.int32), 0])
+    else:
+        q = tl.load(Q + bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + d[None, :],
+                    mask=(offs_m < Lq)[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -121,18 +153,14 @@ def _pyramid_fwd_kernel(
     c2 = tl.load(CNT + row * 4 + 1)
     c4 = tl.load(CNT + row * 4 + 2)
     c8 = tl.load(CNT + row * 4 + 3)
-    if USE_TMA:
-        m_i, l_i, acc = _fwd_level1_tma(q, m_i, l_i, acc, K1D, V1D, lst, c1, bh, Lk, qk_scale,
-                                        BLOCK_N, TILE1, STAGES, DOT_PREC)
-    else:
-        m_i, l_i, acc = _fwd_level(q, m_i, l_i, acc, K1, V1, lst, c1, bh, Lk, qk_scale, d,
-                                   1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC)
-    m_i, l_i, acc = _fwd_level(q, m_i, l_i, acc, K2, V2, lst + c1, c2, bh, Lk, qk_scale, d,
-                               2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC)
-    m_i, l_i, acc = _fwd_level(q, m_i, l_i, acc, K4, V4, lst + c1 + c2, c4, bh, Lk, qk_scale, d,
-                               4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC)
-    m_i, l_i, acc = _fwd_level(q, m_i, l_i, acc, K8, V8, lst + c1 + c2 + c4, c8, bh, Lk, qk_scale, d,
-                               8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC)
+    m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K1, V1, K1D, V1D, lst, c1, bh, Lk, qk_scale, d,
+                                   1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, TMA1)
+    m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K2, V2, K2D, V2D, lst + c1, c2, bh, Lk, qk_scale, d,
+                                   2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, TMA2)
+    m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K4, V4, K4D, V4D, lst + c1 + c2, c4, bh, Lk, qk_scale, d,
+                                   4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, TMA4)
+    m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K8, V8, K8D, V8D, lst + c1 + c2 + c4, c8, bh, Lk,
+                                   qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, TMA8)
     nonempty = l_i > 0
     out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
     lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
@@ -157,11 +185,37 @@ def level1_descriptors(k, v, tile, block_n, enabled):
     config or the shapes don't allow them (fp32, a tile wider than a key block)."""
     if not enabled or k.dtype == torch.float32 or tile > block_n or block_n % tile:
         return None, None
+    return descriptor(k, tile), descriptor(v, tile)
+
+
+def descriptor(x: torch.Tensor, rows: int):
+    """TMA descriptor of contiguous x [..., L, D] as [prod(...) * L, D] with (rows, D) boxes."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    dim = k.shape[-1]
-    return (TensorDescriptor.from_tensor(k.view(-1, dim), [tile, dim]),
-            TensorDescriptor.from_tensor(v.view(-1, dim), [tile, dim]))
+    dim = x.shape[-1]
+    return TensorDescriptor.from_tensor(x.view(-1, dim), [rows, dim])
+
+
+def level_tiles(dtype, block_n, tiles, level1_tma, pooled_tma):
+    """Per level 1, 2, 4, 8: (load by TMA?, tile rows).
+
+    A level-s key block is R = block_n / s contiguous rows of its level. Where R >= 16 (the
+    smallest side of a tensor-core product) and the dtype is 16-bit, a tile of min(R, tile)
+    rows of one entry loads by TMA; otherwise `tile` pooled rows of several entries are gathered.
+    """
+    out = []
+    for s, tile in zip((1, 2, 4, 8), tiles):
+        rows = block_n // s
+        enabled = (level1_tma if s == 1 else pooled_tma) and dtype != torch.float32 and rows >= 16
+        out.append((True, min(rows, tile)) if enabled else (False, tile))
+    return out
+
+
+def level_descriptors(k, v, pyramid, plan_tiles):
+    """(K, V) descriptors per level where `level_tiles` chose TMA, else (None, None)."""
+    levels = [(k, v), *pyramid]
+    return [(descriptor(kk, t), descriptor(vv, t)) if use else (None, None)
+            for (kk, vv), (use, t) in zip(levels, plan_tiles)]
 
 
 def pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg):
@@ -173,14 +227,17 @@ def pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg):
     lse = torch.empty((batch, heads, length_q), dtype=torch.float32, device=q.device)
     (k2, v2), (k4, v4), (k8, v8) = pyramid
     grid = (n_qb, batch * heads)
-    kd, vd = level1_descriptors(k, v, cfg.fwd_tiles[0], block_n, cfg.fwd_tma)
+    tiles = level_tiles(q.dtype, block_n, cfg.fwd_tiles, cfg.fwd_tma, cfg.fwd_pooled_tma)
+    (k1d, v1d), (k2d, v2d), (k4d, v4d), (k8d, v8d) = level_descriptors(k, v, pyramid, tiles)
+    q_tma = cfg.fwd_q_tma and q.dtype != torch.float32
     _pyramid_fwd_kernel[grid](
-        q, k, v, k2, v2, k4, v4, k8, v8, kd, vd,
+        q, descriptor(q, block_m) if q_tma else None,
+        k, v, k2, v2, k4, v4, k8, v8, k1d, v1d, k2d, v2d, k4d, v4d, k8d, v8d,
         plan.idx, plan.cnt, plan.order, out, lse,
         sm_scale * LOG2E, length_q, length_k, n_qb, n_kb,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim,
-        TILE1=cfg.fwd_tiles[0], TILE2=cfg.fwd_tiles[1], TILE4=cfg.fwd_tiles[2], TILE8=cfg.fwd_tiles[3],
-        STAGES=cfg.fwd_stages, DOT_PREC=dot_precision(q), USE_TMA=kd is not None,
-        REORDER=plan.order is not None, num_warps=cfg.fwd_warps,
+        TILE1=tiles[0][1], TILE2=tiles[1][1], TILE4=tiles[2][1], TILE8=tiles[3][1],
+        STAGES=cfg.fwd_stages, DOT_PREC=dot_precision(q), TMA1=tiles[0][0], TMA2=tiles[1][0],
+        TMA4=tiles[2][0], TMA8=tiles[3][0], REORDER=plan.order is not None, Q_TMA=q_tma, num_warps=cfg.fwd_warps,
     )
     return out, lse

@@ -29,6 +29,13 @@ class KernelConfig:
     fwd_tma: bool = True
     dq_tma: bool = True
     dkdv_tma: bool = True
+    # pooled levels whose key block is >= 16 rows (block_n / s): one entry per tile, TMA loads
+    # (forward: faster; dQ pass: slower than gathering several entries per tile, NOTES.md v4)
+    fwd_pooled_tma: bool = True
+    dq_pooled_tma: bool = False
+    # the forward's query tile loaded by TMA into shared memory, where the tensor-core products
+    # read it without a register copy (fewer spills; NOTES.md, second session)
+    fwd_q_tma: bool = True
     heavy_first: bool = True  # grid order by work (two argsorts per call) or plain block order
     dq_pooled_atomics: bool = True  # False only to time the dQ pass without them (wrong grads)
 
@@ -45,7 +52,8 @@ def default_config(dim: int, block_m: int, block_n: int, dtype: torch.dtype) -> 
 # (D, block_m, block_n, dtype name) -> KernelConfig; from device sweeps (benchmarks/NOTES.md).
 # fp16 shares the bf16 entries (same tensor-core path).
 MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
-    # H200, triton 3.6, Wan shape, density 0.15 and 1.0 (sweeps of 2026-11-28, NOTES.md v2-v3)
+    # H200, triton 3.6, Wan shape, density 0.15 and 1.0 (sweeps of 2026-11-28, NOTES.md v2-v5;
+    # TMA-loaded query tile and pooled entries in the forward are KernelConfig defaults)
     (128, 128, 64, "bfloat16"): KernelConfig(
         fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=3,
         dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3,

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from psa_train.attention import TokenLayout, gilbert_order, layout_permutation, tile_order
+from psa_train.attention.layout import permute_tokens
 
 grids = st.tuples(st.integers(1, 7), st.integers(1, 19), st.integers(1, 23))
 tiles = st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9))
@@ -41,6 +42,18 @@ def test_layout_round_trip_keeps_prefix_in_front(grid, mode, prefix):
     layout = TokenLayout(grid, mode, (2, 4, 4), prefix)
     assert torch.equal(layout.undo(layout.apply(x)), x)
     assert torch.equal(layout.apply(x), y)
+
+
+def test_permute_tokens_matches_indexing_forward_and_backward():
+    perm, inv = layout_permutation((3, 4, 5), "gilbert", (2, 8, 8), 2)
+    x = torch.randn(2, 3, perm.numel(), 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, perm.numel(), 4, dtype=torch.float64)
+    expected = x[:, :, perm]
+    (grad_expected,) = torch.autograd.grad((expected * weight).sum(), x)
+    got = permute_tokens(x, perm, inv)
+    (grad_got,) = torch.autograd.grad((got * weight).sum(), x)
+    assert torch.equal(got, expected) and torch.equal(grad_got, grad_expected)
+    assert torch.equal(permute_tokens(got.detach(), inv, perm), x.detach())
 
 
 def test_permutations_are_cached():

@@ -127,6 +127,16 @@ def test_threshold_blocks_with_no_mass_at_full_boundary():
     assert assign_levels(scores, cfg, budget=1e-12).tolist() == [[[[1, 1, 1, 1]]]]
 
 
+def test_threshold_mass_on_a_boundary_is_exact():
+    # Masses before the blocks 6, 4, 2 are 0, 6/12, 10/12: the cumulative sum runs on the raw
+    # scores, so 6/12 is exactly 0.5, not in the level-1 band (summing 1/2 + 1/3 - 1/3 would
+    # give 0.49999999999999994). Both backends agree.
+    scores = torch.tensor([[[[2.0, 6.0, 4.0]]]])
+    cfg = PSAConfig(band_mode="threshold", bands={1: 0.5, 2: 0.75, 4: 0.75, 8: 0.75})
+    for backend in ("torch", "triton"):
+        assert assign_levels(scores, cfg, backend=backend).tolist() == [[[[0, 1, 2]]]]
+
+
 @SETTINGS
 @given(score_maps(), configs, st.integers(0, 2**31), st.lists(st.one_of(st.none(), st.floats(-1, 1)), min_size=3, max_size=3))
 def test_similarity_cap(scores, config, seed, thresholds):

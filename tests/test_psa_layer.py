@@ -195,3 +195,23 @@ def test_checkpointed_recompute_reuses_the_levels_of_its_forward(monkeypatch):
     torch.testing.assert_close(out, plain)
     for t, expected in zip((q, k, v), plain_grads):
         torch.testing.assert_close(t.grad, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("preset", ["default_quota", "wan21_1_3b"])
+def test_sparse_layer_never_waits_on_the_gpu(preset):
+    """Scoring, assignment, lists and kernels stay on the device: a host sync inside a layer would
+    stall the launch queue of every training step (sync debug mode turns one into an error)."""
+    layer = PSAAttention(getattr(PSAConfig, preset)())
+    grid = (4, 16, 32)
+    q, k, v = (torch.randn(1, 12, 2048, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    layer(q, k, v, grid=grid).sum().backward()  # compile the kernels first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer(q, k, v, grid=grid).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

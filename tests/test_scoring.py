@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from psa_train.attention import block_scores, sample_positions
+from psa_train.attention import block_scores, sample_positions, scoring
+from psa_train.attention.scoring import padded_samples
 
 
 def _gen(seed=0):
@@ -28,7 +29,7 @@ def test_sample_positions(length, block, fraction):
 
 def _brute_scores(q, k, block_m, block_n, reduction):
     """sample_fraction=1: softmax over all keys, summed per key block, reduced per query block."""
-    B, H, Lq, D = q.shape
+    _, _, Lq, D = q.shape
     p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D), -1)
     nk, nq = -(-k.shape[2] // block_n), -(-Lq // block_m)
     per_block = torch.stack([p[..., j * block_n : (j + 1) * block_n].sum(-1) for j in range(nk)], -1)
@@ -99,3 +100,12 @@ def test_no_grad_and_bad_arguments():
         block_scores(q, q, 64, 32, sample_fraction=0)
     with pytest.raises(ValueError, match="q and k"):
         block_scores(q, q[..., :8], 64, 32)
+
+
+def test_sample_tables_are_cached_per_device():
+    rows, valid = padded_samples(1000, 64, 0.25, "cpu")
+    again = padded_samples(1000, 64, 0.25, torch.device("cpu"))
+    assert again[0] is rows and again[1] is valid
+    tables = scoring._sample_tables(1000, 64, 0.25, "cpu")
+    assert tables.valid_i8.dtype == torch.int8 and torch.equal(tables.valid_i8.bool(), valid)
+    assert torch.equal(tables.counts.squeeze(-1), valid.sum(-1).float())

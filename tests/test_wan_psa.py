@@ -200,9 +200,11 @@ def test_step_benchmark_runs_on_cpu_with_the_tiny_arch(capsys, monkeypatch):
     assert bench.main([
         "--arch", "tiny", "--device", "cpu", "--dtype", "float32", "--frames", "17", "--height", "64",
         "--width", "64", "--text-len", "32", "--steps", "1", "--warmup", "0",
+        "--variants", "dense-cudnn", "psa", "psa-forced", "no-attention",
     ]) == 0
     out = capsys.readouterr().out
     assert "training step" in out and "self-attention only" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("dense", "psa"))]
-    assert [r[0] for r in rows] == ["dense", "psa", "psa-forced"] * 2
+    rows = [line.split() for line in out.splitlines() if line.startswith(("dense", "psa", "no-attention"))]
+    assert [r[0] for r in rows] == ["dense", "psa", "psa-forced", "no-attention"] * 2
+    assert rows[3][-1] == "-"  # no attention, no density
     assert float(rows[2][-1]) == pytest.approx(0.125)  # forced level 8 -> density 1/8

@@ -16,7 +16,7 @@ from torch import nn
 from psa_train.kernels import pyramid_attention
 
 from .config import PSAConfig, check_budget
-from .layout import layout_permutation
+from .layout import layout_permutation, permute_tokens
 from .levels import (
     LEVEL_VALUES,
     assign_levels,
@@ -110,13 +110,13 @@ class PSAAttention(nn.Module):
                     f"L = {expected} tokens, got {q.shape[2]} and {k.shape[2]}"
                 )
             perm, inv = layout_permutation(tuple(grid), cfg.layout, cfg.tile_size, cfg.prefix_tokens, q.device)
-            q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]
+            q, k, v = (permute_tokens(t, perm, inv) for t in (q, k, v))
 
         levels = self._levels_for(q, k, sm_scale)
         out = pyramid_attention(
             q, k, v, levels, block_m=cfg.block_m, block_n=cfg.block_n, sm_scale=sm_scale, backend=cfg.backend
         )
-        return out if inv is None else out[:, :, inv]
+        return out if inv is None else permute_tokens(out, inv, perm)
 
     def _levels_for(self, q: torch.Tensor, k: torch.Tensor, sm_scale: float | None) -> torch.Tensor:
         """`select_levels`, except when activation checkpointing re-runs this forward.

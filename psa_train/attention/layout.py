@@ -196,6 +196,26 @@ def layout_permutation(
     return _cached_on(grid, mode, tile, prefix, str(torch.device(device)))
 
 
+class _PermuteTokens(torch.autograd.Function):
+    """x[:, :, perm] whose backward is the gather grad[:, :, inv]: a permutation's gradient needs
+    no scatter-add (advanced indexing would sort the indices and accumulate on every backward)."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inv):
+        ctx.save_for_backward(inv)
+        return x.index_select(2, perm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(2, inv), None, None
+
+
+def permute_tokens(x: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """Reorder the tokens (dim 2) of [B, H, L, D] by `perm`; `inv` must be its inverse."""
+    return _PermuteTokens.apply(x, perm, inv)
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """A token order for one grid: `apply` permutes dim 2 of [B, H, L, D], `undo` restores it."""

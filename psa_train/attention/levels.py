@@ -54,6 +54,16 @@ def _first_band(before: torch.Tensor, bounds: list[float]) -> torch.Tensor:
     return level
 
 
+def _quota_levels_by_rank(num_blocks: int, counts: list[int], device) -> torch.Tensor:
+    """Level of the block at each rank, built on `device` (a table copied from the host would
+    stall it on every call)."""
+    rank = torch.arange(num_blocks, device=device)
+    level = torch.zeros(num_blocks, dtype=torch.int32, device=device)
+    for s, n in reversed(list(zip(LEVELS, counts))):  # finest band last so it wins
+        level = torch.where(rank < n, s, level)
+    return level
+
+
 def quota_counts(num_blocks: int, config: PSAConfig, budget: float | None = None) -> list[int]:
     """Cumulative number of blocks through each level (1, 2, 4, 8) for a row of `num_blocks`.
 
@@ -68,6 +78,56 @@ def quota_counts(num_blocks: int, config: PSAConfig, budget: float | None = None
     return counts
 
 
+_ASSIGN_BACKENDS = ("auto", "triton", "torch")
+
+
+def _ranked_levels_torch(scores: torch.Tensor, config: PSAConfig, budget: float | None) -> torch.Tensor:
+    """The reference path (any device and dtype): sort, band lookup by rank, scatter back."""
+    nk = scores.shape[-1]
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    if config.band_mode == "quota":
+        counts = quota_counts(nk, config, budget)
+        ranked = _quota_levels_by_rank(nk, counts, scores.device).expand(scores.shape)
+    else:
+        # Mass before a block = (raw scores ranked before it) / row sum: the cumulative sum runs
+        # on the raw scores, so it is exact (order-free) for ties and like-sized float32 scores,
+        # and the Triton kernel, which sums in another order, gets the same bits.
+        s = scores.to(torch.float64)
+        total = s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        sorted_scores = torch.gather(s, -1, order)
+        before = (torch.cumsum(sorted_scores, -1) - sorted_scores) / total
+        ranked = _first_band(before, list(config.boundaries(budget).values()))
+    ranked = ranked.clone()
+    ranked[..., 0] = 1  # top block: never an empty row
+    levels = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
+    levels.scatter_(-1, order, ranked)
+    return levels
+
+
+def _ranked_levels_triton(scores: torch.Tensor, config: PSAConfig, budget: float | None) -> torch.Tensor:
+    """The same levels from one kernel (kernels/triton_assign.py); band edges go as scalars."""
+    from psa_train.kernels.triton_assign import assign_levels_triton
+
+    if config.band_mode == "quota":
+        return assign_levels_triton(scores, counts=quota_counts(scores.shape[-1], config, budget))
+    bounds = [float("inf") if b >= BOUNDARY_ONE else b for b in config.boundaries(budget).values()]
+    return assign_levels_triton(scores, bounds=bounds)
+
+
+def _pick_backend(scores: torch.Tensor, backend: str) -> str:
+    """Resolve "auto": the kernel for CUDA scores it supports (float16/bfloat16/float32,
+    nK <= 8192), else torch (CPU tensors: the interpreter would be far slower than torch)."""
+    if backend not in _ASSIGN_BACKENDS:
+        raise ValueError(f"backend must be one of {_ASSIGN_BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if not scores.is_cuda:
+        return "torch"
+    from psa_train.kernels.triton_assign import supports
+
+    return "triton" if supports(scores) else "torch"
+
+
 @torch.no_grad()
 def assign_levels(
     scores: torch.Tensor,
@@ -76,6 +136,7 @@ def assign_levels(
     budget: float | None = None,
     key_similarity: torch.Tensor | None = None,
     prefix_tokens: int | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Levels [B, H, nQ, nK] (int32, values in {0, 1, 2, 4, 8}) from block scores [B, H, nQ, nK].
 
@@ -88,25 +149,18 @@ def assign_levels(
     its similarity at s reaches `config.similarity_thresholds[s]`, else it drops to the next
     finer level. Query and key blocks holding any of the `prefix_tokens` (default
     `config.prefix_tokens`) are level 1 to and from everything.
+
+    backend: "triton" ranks and bands in one kernel (kernels/triton_assign.py; CPU tensors run
+    it in the Triton interpreter; float16/bfloat16/float32 scores, nK <= 8192), "torch" with
+    sort / cumsum / scatter (any dtype, float64 mass), "auto" the kernel on supported CUDA
+    scores, else torch. Both give the same levels (NaN scores rank first, as in torch.sort).
     """
     if scores.dim() != 4:
         raise ValueError(f"scores must be [B, H, nQ, nK], got {tuple(scores.shape)}")
-    nk = scores.shape[-1]
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    if config.band_mode == "quota":
-        counts = quota_counts(nk, config, budget)
-        per_rank = [next((s for s, n in zip(LEVELS, counts) if r < n), 0) for r in range(nk)]
-        ranked = torch.tensor(per_rank, dtype=torch.int32, device=scores.device).expand(scores.shape)
+    if _pick_backend(scores, backend) == "triton":
+        levels = _ranked_levels_triton(scores, config, budget)
     else:
-        s = scores.to(torch.float64)
-        s = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-        sorted_mass = torch.gather(s, -1, order)
-        before = torch.cumsum(sorted_mass, -1) - sorted_mass
-        ranked = _first_band(before, list(config.boundaries(budget).values()))
-    ranked = ranked.clone()
-    ranked[..., 0] = 1  # top block: never an empty row
-    levels = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
-    levels.scatter_(-1, order, ranked)
+        levels = _ranked_levels_torch(scores, config, budget)
 
     if key_similarity is not None:
         levels = apply_similarity_cap(levels, key_similarity, config)

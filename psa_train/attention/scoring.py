@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -39,11 +40,29 @@ def padded_samples(length: int, block: int, fraction: float, device=None) -> tup
     """`sample_positions` laid out as [blocks, slots] with a validity mask.
 
     Every block gets the same power-of-two number of slots (the most any block samples), so
-    per-block reductions are reshapes; slots a block does not use are marked invalid. Built once
-    per (length, block, fraction) on the CPU and cached, so a GPU caller never waits on the host.
+    per-block reductions are reshapes; slots a block does not use are marked invalid (and point
+    at token 0, a real row, so gathers through the table stay in range). Built once per
+    (length, block, fraction, device) and cached, so a GPU caller never waits on a host-to-device
+    copy. The tensors are shared between callers: do not modify them in place.
     """
+    tables = _sample_tables(length, block, fraction, str(torch.device("cpu" if device is None else device)))
+    return tables.rows, tables.valid
+
+
+class _SampleTables(NamedTuple):
+    rows: torch.Tensor  # [blocks, slots] int64 token of each slot (0 where unused)
+    valid: torch.Tensor  # [blocks, slots] bool
+    valid_i8: torch.Tensor  # the same as int8, what the Triton kernel reads
+    counts: torch.Tensor  # [blocks, 1] valid slots per block (float32), for the mean
+    full_blocks: int  # leading blocks with every slot valid (the kernel skips their masking)
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_tables(length: int, block: int, fraction: float, device: str) -> _SampleTables:
     rows, valid = _padded_samples_cpu(length, block, fraction)
-    return rows.to(device, non_blocking=True), valid.to(device, non_blocking=True)
+    full_blocks = int(valid.all(-1).int().cumprod(0).sum())
+    rows, valid = rows.to(device), valid.to(device)
+    return _SampleTables(rows, valid, valid.to(torch.int8), valid.sum(-1, keepdim=True).float(), full_blocks)
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,9 +119,11 @@ def block_scores(
     With `normalize` every row is scaled to sum to 1, the mass used by threshold bands.
 
     A block's summed probability is softmax over blocks of the per-block log-sum-exp, so only
-    [sampled queries, key blocks] numbers are ever stored. backend "auto" computes them with a
-    Triton kernel on CUDA (fp16/bf16, D 64 or 128) and in PyTorch otherwise (float32, float64
-    for float64 inputs, `chunk_elements` logits at a time); "triton" / "torch" force one.
+    [sampled queries, key blocks] numbers are ever stored. backend "auto" runs one Triton kernel
+    on CUDA (fp16/bf16, D 64 or 128: logits, per-block sums, softmax over blocks, pooling and
+    normalisation fused, float32 result; kernels/triton_block_scores.py) and PyTorch
+    otherwise (float32, float64 for float64 inputs, `chunk_elements` logits at a time);
+    "triton" / "torch" force one.
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must be [B, H, L, D] with equal B, H, D, got {tuple(q.shape)}, {tuple(k.shape)}")
@@ -114,27 +135,28 @@ def block_scores(
         raise ValueError(f"backend must be one of ('auto', 'triton', 'torch'), got {backend!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
 
-    q_rows, q_valid = padded_samples(q.shape[2], block_m, sample_fraction, q.device)
-    k_rows, k_valid = padded_samples(k.shape[2], block_n, sample_fraction, k.device)
-    slots = k_rows.shape[1]
+    device = str(q.device)
+    q_tab = _sample_tables(q.shape[2], block_m, sample_fraction, device)
+    k_tab = _sample_tables(k.shape[2], block_n, sample_fraction, str(k.device))
     if backend == "auto":
         compiled = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
         backend = "triton" if compiled else "torch"
     if backend == "triton":
-        from psa_train.kernels.triton_block_scores import block_logsumexp2  # triton only where used
+        # triton is imported only where used
+        from psa_train.kernels.triton_block_scores import block_scores_triton
 
-        lse = block_logsumexp2(q.contiguous(), k.contiguous(), q_rows.flatten(), k_rows.flatten(),
-                               k_valid.flatten(), slots, scale) * math.log(2.0)
-    else:
-        lse = _block_lse_torch(q, k, q_rows.flatten(), k_rows.flatten(), k_valid.flatten(), slots, scale,
-                               chunk_elements)
+        return block_scores_triton(q, k, q_tab.rows, q_tab.valid_i8, k_tab.rows, k_tab.valid_i8, scale,
+                                   reduction, normalize, k_tab.full_blocks)
+    slots = k_tab.rows.shape[1]
+    lse = _block_lse_torch(q, k, q_tab.rows.flatten(), k_tab.rows.flatten(), k_tab.valid.flatten(), slots, scale,
+                           chunk_elements)
     mass = torch.softmax(lse, dim=-1)  # [B, H, nQ * q_slots, nK]: each sampled query's block masses
-    mass = mass.unflatten(2, q_rows.shape)  # [B, H, nQ, q_slots, nK]
-    sampled = q_valid[:, :, None]
+    mass = mass.unflatten(2, q_tab.rows.shape)  # [B, H, nQ, q_slots, nK]
+    sampled = q_tab.valid[:, :, None]
     if reduction == "max":
         out = mass.masked_fill(~sampled, float("-inf")).amax(dim=3)
     else:
-        out = mass.masked_fill(~sampled, 0.0).sum(dim=3) / q_valid.sum(-1, keepdim=True)
+        out = mass.masked_fill(~sampled, 0.0).sum(dim=3) / q_tab.counts
     if normalize:
         out = out / out.sum(-1, keepdim=True).clamp_min(torch.finfo(out.dtype).tiny)
     return out
