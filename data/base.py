@@ -1,7 +1,8 @@
 """Plumbing shared by the shard DataModules: loaders, resume state, skipped-sample counts.
 
 Subclasses say how to decode one raw sample (`decoder`) and how to collate (`collate_fn`); this
-class builds the split/shuffled/resumable loaders (see `sharding`) for train and validation.
+class builds the split/shuffled/resumable loaders (see `sharding`) for train, validation, test
+and predict (test and predict read `test_shards`, falling back to `val_shards`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ShardDataModule(L.LightningDataModule):
         pin_memory: bool,
         persistent_workers: bool,
         prefetch_factor: int | None,
+        test_shards: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -49,6 +51,7 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.train_shards = None if train_shards is None else expand_shards(train_shards)
         self.val_shards = None if val_shards is None else expand_shards(val_shards)
+        self.test_shards = None if test_shards is None else expand_shards(test_shards)
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.shuffle_buffer, self.seed, self.split = num_workers, shuffle_buffer, seed, split
         self.drop_last, self.pin_memory = drop_last, pin_memory
@@ -120,3 +123,16 @@ class ShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return self._loader(self.val_shards, train=False)
+
+    def test_dataloader(self):
+        return self._loader(self._held_out_shards("test"), train=False)
+
+    def predict_dataloader(self):
+        return self._loader(self._held_out_shards("predict"), train=False)
+
+    def _held_out_shards(self, stage: str) -> list[str]:
+        """`test_shards`, else `val_shards`: held-out data for `psa-train test` / `predict`."""
+        shards = self.test_shards or self.val_shards
+        if shards is None:
+            raise ValueError(f"`{stage}` needs held-out data: set data.init_args.test_shards (or val_shards)")
+        return shards

@@ -21,7 +21,8 @@ class LatentShardDataModule(ShardDataModule):
     """Latents + text embeddings from shards written by `psa-train data precompute`.
 
     Args:
-        train_shards / val_shards: local paths, brace patterns, `::` lists or `pipe:` URLs.
+        train_shards / val_shards / test_shards: local paths, brace patterns, `::` lists or
+            `pipe:` URLs; `test` and `predict` read test_shards, else val_shards.
         model_id: the Wan model (hub id or path) the latents must come from; read by
             `psa-train data precompute --config` and checked against the cache's manifest.
         precompute: settings the cache must have been made with (`num_frames`, `height`,
@@ -36,6 +37,7 @@ class LatentShardDataModule(ShardDataModule):
         self,
         train_shards: str | Sequence[str] | None = None,
         val_shards: str | Sequence[str] | None = None,
+        test_shards: str | Sequence[str] | None = None,
         model_id: str | None = None,
         precompute: dict | None = None,
         batch_size: int = 1,
@@ -62,6 +64,7 @@ class LatentShardDataModule(ShardDataModule):
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
             prefetch_factor=prefetch_factor,
+            test_shards=test_shards,
         )
         self.save_hyperparameters()
         self.model_id, self.precompute = model_id, dict(precompute or {})
@@ -94,7 +97,7 @@ class LatentShardDataModule(ShardDataModule):
             wanted["model_id"] = self.model_id
         if not wanted:
             return
-        for shards in (self.train_shards, self.val_shards):
+        for shards in (self.train_shards, self.val_shards, self.test_shards):
             for directory, manifest in self._manifests(shards or []).items():
                 if manifest is not None:
                     check_settings(

@@ -17,8 +17,9 @@ class VideoShardDataModule(ShardDataModule):
     """Video clips from WebDataset shards, decoded with decord.
 
     Args:
-        train_shards / val_shards: local paths, brace patterns (`shard-{000000..000009}.tar`),
-            `::`-joined lists or `pipe:` URLs.
+        train_shards / val_shards / test_shards: local paths, brace patterns
+            (`shard-{000000..000009}.tar`), `::`-joined lists or `pipe:` URLs; `test` and
+            `predict` read test_shards, else val_shards.
         num_frames, height, width: clip size after resize + centre crop.
         fps: target frame rate (frames resampled from the native rate); None uses `frame_stride`.
         frame_stride: take every n-th frame when `fps` is None.
@@ -36,6 +37,7 @@ class VideoShardDataModule(ShardDataModule):
         self,
         train_shards: str | Sequence[str] | None = None,
         val_shards: str | Sequence[str] | None = None,
+        test_shards: str | Sequence[str] | None = None,
         num_frames: int = 17,
         height: int = 64,
         width: int = 64,
@@ -66,6 +68,7 @@ class VideoShardDataModule(ShardDataModule):
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
             prefetch_factor=prefetch_factor,
+            test_shards=test_shards,
         )
         self.save_hyperparameters()
         self.num_frames, self.height, self.width = num_frames, height, width

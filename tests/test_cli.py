@@ -138,5 +138,9 @@ def test_tiny_recipe_trains_validates_and_reruns_in_the_same_folder(tmp_path, de
     assert (run / "logs" / "config.yaml").is_file()
     # the same command again in the same folder works (config.yaml is overwritten)
     cli.main(["fit", "--config", str(recipe), "--trainer.max_steps", "2"])
-    # validate and predict from the checkpoint
-    cli.main(["validate", "--config", str(recipe), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    # validate, test and predict from the checkpoint (test/predict read the held-out shards)
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    cli.main(["validate", "--config", str(recipe), "--ckpt_path", ckpt])
+    cli.main(["test", "--config", str(recipe), "--ckpt_path", ckpt])
+    assert logged(run, "test/loss")
+    cli.main(["predict", "--config", str(recipe), "--ckpt_path", ckpt])

@@ -94,6 +94,19 @@ def test_npy_members_and_corrupt_samples(tmp_path):
     assert dm.skipped == 2
 
 
+def test_test_and_predict_read_test_shards_else_val_shards(tmp_path):
+    held_out = write_latent_shards(tmp_path / "test", [3])
+    val = write_latent_shards(tmp_path / "val", [5])
+    keys = lambda loader: [k for batch in loader for k in batch["key"]]  # noqa: E731
+    dm = LatentShardDataModule(val_shards=val, test_shards=held_out, batch_size=2, num_workers=0)
+    assert len(keys(dm.test_dataloader())) == 3 and len(keys(dm.predict_dataloader())) == 3
+    assert len(keys(dm.val_dataloader())) == 5
+    fallback = LatentShardDataModule(val_shards=val, batch_size=2, num_workers=0)
+    assert keys(fallback.test_dataloader()) == keys(fallback.val_dataloader())
+    with pytest.raises(ValueError, match="test_shards"):
+        LatentShardDataModule(train_shards=val, num_workers=0).test_dataloader()
+
+
 def test_order_is_a_function_of_seed_and_epoch(tmp_path):
     pattern = write_latent_shards(tmp_path / "c", [6, 6, 6])
 
