@@ -188,10 +188,13 @@ KERNEL_VARIANTS = {
     "dq per-entry TMA tiles": dict(dq_pooled_tma=True),
     "dkdv 8 warps": dict(dkdv_warps=8),
     "no pooled atomics (wrong grads)": dict(dq_pooled_atomics=False),
+    # block_n 32: level-1 entries are 32 rows; gathering two per 64-row tile instead of TMA tiles of 32
+    "fwd level-1 gathers 64-row tiles": dict(fwd_tma=False, fwd_tiles=(64, 32, 32, 32)),
+    "dq level-1 gathers 64-row tiles": dict(dq_tma=False),
 }
 
 
-def kernel_variants(device, gen, log, block_ns=(64, 32)):
+def kernel_variants(device, gen, log, block_ns=(64, 32), names=None):
     """Whole forward, forward+backward (public API) and each stage per KERNEL_VARIANTS entry, at
     the Wan shape and density 0.15, for each key block size (64: the benchmark's; 32: Wan preset's)."""
     shape = SHAPES["wan"]
@@ -207,6 +210,8 @@ def kernel_variants(device, gen, log, block_ns=(64, 32)):
 
         base = tuning.get_config(shape[3], BLOCK_M, block_n, torch.bfloat16)
         for name, change in KERNEL_VARIANTS.items():
+            if names and name not in names:
+                continue
             tuning.OVERRIDE = tuning.replace(base, **change)
             try:
                 f, fb = time_pair(ours, q, k, v, do)
@@ -321,6 +326,8 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--scoring-only", action="store_true", help="time block scoring + assignment at the Wan shape")
     ap.add_argument("--variants", action="store_true", help="time KERNEL_VARIANTS at the Wan shape, density 0.15")
+    ap.add_argument("--variant-block-ns", default="64,32", help="key block sizes for --variants")
+    ap.add_argument("--variant-names", default=None, help="comma-separated subset of KERNEL_VARIANTS")
     args = ap.parse_args()
     device = "cuda"
     gen = torch.Generator(device=device).manual_seed(0)
@@ -336,7 +343,8 @@ def main():
         scoring_kernel_sweep(q, k, log)
         return
     if args.variants:
-        rows = kernel_variants(device, gen, log)
+        names = args.variant_names.split(",") if args.variant_names else None
+        rows = kernel_variants(device, gen, log, [int(b) for b in args.variant_block_ns.split(",")], names)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(rows, fh, indent=1)

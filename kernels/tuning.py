@@ -59,6 +59,13 @@ MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
         dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3,
         dkdv_ksub=64, dkdv_msub=64, dkdv_warps=4, dkdv_stages=2,
     ),
+    # block_n 32 (the Wan preset): the dQ pass gathers two 32-key level-1 entries per 64-row tile
+    # instead of TMA tiles of one (dQ pass 6.54 -> 6.23 ms at density 0.15; NOTES.md, 20:58 UTC)
+    (128, 128, 32, "bfloat16"): KernelConfig(
+        fwd_tiles=(64, 64, 64, 64), fwd_warps=4, fwd_stages=3,
+        dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3, dq_tma=False,
+        dkdv_ksub=64, dkdv_msub=64, dkdv_warps=4, dkdv_stages=2,
+    ),
 }
 
 # When set (benchmark variants), used for every launch.
