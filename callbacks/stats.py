@@ -69,7 +69,7 @@ class AttentionStats(pl.Callback):
             logged[f"psa_stats/{name}"] = values.mean()
             if self.per_layer:
                 logged.update({f"psa_stats/layer_{i:02d}/{name}": v for i, v in enumerate(values)})
-        pl_module.log_dict({k: v.float() for k, v in logged.items()}, on_step=True, on_epoch=False)
+        _publish(pl_module.trainer, logged)
 
     def _log_probe_errors(self, pl_module: pl.LightningModule, layers) -> None:
         errors = [RelativeErrorMetric().to(pl_module.device) for _ in layers]
@@ -87,7 +87,23 @@ class AttentionStats(pl.Callback):
         logged = {"psa_stats/probe_relative_error": values.mean()}
         if self.per_layer:
             logged.update({f"psa_stats/layer_{i:02d}/probe_relative_error": v for i, v in enumerate(values)})
-        pl_module.log_dict({k: v.float() for k, v in logged.items()}, on_step=True, on_epoch=False)
+        _publish(pl_module.trainer, logged)
+
+
+def _publish(trainer: pl.Trainer, values: dict[str, torch.Tensor]) -> None:
+    """Send values to the loggers at this step only, and to `trainer.callback_metrics`.
+
+    `LightningModule.log` from a callback keeps re-sending a step value at the following logging
+    steps, which draws flat stretches between the real points; these numbers exist only every
+    `every_n_steps`. The step is the one Lightning gives this batch's training loss. The values
+    are already reduced across processes (torchmetrics syncs in `compute`).
+    """
+    values = {k: v.detach().float() for k, v in values.items()}
+    trainer.callback_metrics.update(values)
+    if trainer.is_global_zero and trainer.loggers:
+        scalars = {k: v.item() for k, v in values.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=max(trainer.global_step - 1, 0))
 
 
 def _compare_with_dense(metric: RelativeErrorMetric, layer, args, kwargs, output) -> None:

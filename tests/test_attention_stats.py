@@ -69,6 +69,16 @@ def test_stats_log_density_shares_and_probe_error(tmp_path):
     assert 0.0 < metrics["psa_stats/probe_relative_error"].item() < 1.5
 
 
+def test_stats_are_logged_only_at_their_steps(tmp_path):
+    from distill_helpers import logged
+
+    _fit(_ProbedModule(), tmp_path, every_n_steps=2, steps=7)
+    loss_steps = sorted(logged(tmp_path, "train_loss", root=True)) or list(range(7))
+    density = logged(tmp_path, "psa_stats/density", root=True)
+    # every second optimizer step, at the step index the same batch's loss is logged under
+    assert sorted(density) == [1, 3, 5] and set(density) <= set(loss_steps)
+
+
 def test_probe_error_is_zero_when_every_block_is_full(tmp_path):
     metrics = _fit(_ProbedModule(force_level=1), tmp_path)
     assert metrics["psa_stats/density"].item() == pytest.approx(1.0)
