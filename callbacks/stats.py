@@ -91,7 +91,8 @@ class AttentionStats(pl.Callback):
 
 
 def _publish(trainer: pl.Trainer, values: dict[str, torch.Tensor]) -> None:
-    """Send values to the loggers at this step only, and to `trainer.callback_metrics`.
+    """Send values to the loggers at this step only; also into `trainer.callback_metrics` and
+    `trainer.logged_metrics`, where Lightning's own logging puts them.
 
     `LightningModule.log` from a callback keeps re-sending a step value at the following logging
     steps, which draws flat stretches between the real points; these numbers exist only every
@@ -100,6 +101,7 @@ def _publish(trainer: pl.Trainer, values: dict[str, torch.Tensor]) -> None:
     """
     values = {k: v.detach().float() for k, v in values.items()}
     trainer.callback_metrics.update(values)
+    trainer.logged_metrics.update(values)
     if trainer.is_global_zero and trainer.loggers:
         scalars = {k: v.item() for k, v in values.items()}
         for logger in trainer.loggers:
