@@ -30,6 +30,7 @@ import triton.language as tl
 from .triton_forward import (
     LOG2E,
     _dot,
+    _gathered_tile,
     _tma_entry_tile,
     dot_precision,
     level1_descriptors,
@@ -50,41 +51,43 @@ def _delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, ROWS: tl.constex
 
 
 @triton.jit
+def _dq_step(q, do, lse, delta, dq, k, v, bias, qk_scale, DOT_PREC: tl.constexpr):
+    """dQ of a query tile from one key tile, recomputing P from the saved LSE; returns P and dS
+    too, for the pooled-level key/value gradients."""
+    qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
+    p = tl.math.exp2(qk - lse[:, None])
+    dp = _dot(do, tl.trans(v), DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+    return dq, p, ds
+
+
+@triton.jit
+def _add_pooled_grads(DKB, DVB, q, do, p, ds, r, valid, bh, Lk, d, sm_scale,
+                      S: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dV̄ += Pᵀ dO and dK̄ += scale · dSᵀ Q of one key tile, into the fp32 buffers of level s."""
+    Ls = (Lk + S - 1) // S
+    dv_part = _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
+    dk_part = _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC) * sm_scale
+    p_off = bh * Ls * HEAD_DIM + r[:, None] * HEAD_DIM + d[None, :]
+    tl.atomic_add(DVB + p_off, dv_part, mask=valid[:, None], sem="relaxed")
+    tl.atomic_add(DKB + p_off, dk_part, mask=valid[:, None], sem="relaxed")
+
+
+@triton.jit
 def _dq_level(
     q, do, lse, delta, dq, KB, VB, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
     S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr,
 ):
-    """dQ of one query tile over one level's packed rows; pooled levels also add dK̄, dV̄
-    (ATOMICS=False drops those, for timing only: the gradients are then wrong)."""
-    R = BLOCK_N // S
-    Ls = (Lk + S - 1) // S
-    n_rows = cnt * R
-    kv_base = bh * Ls * HEAD_DIM
+    """dQ of one query tile over one level's packed rows (`_gathered_tile`); pooled levels also
+    add dK̄, dV̄ (ATOMICS=False drops those, for timing only: the gradients are then wrong)."""
+    n_rows = cnt * (BLOCK_N // S)
     for t0 in tl.range(0, n_rows, TILE, num_stages=STAGES):
-        t = t0 + tl.arange(0, TILE)
-        in_list = t < n_rows
-        blk = tl.load(list_ptr + t // R, mask=in_list, other=0)
-        r = blk * R + t % R
-        valid = in_list & (r < Ls)
-        kv_off = kv_base + r[:, None] * HEAD_DIM + d[None, :]
-        k = tl.load(KB + kv_off, mask=valid[:, None], other=0.0)
-        v = tl.load(VB + kv_off, mask=valid[:, None], other=0.0)
-        if S == 1:
-            bias = tl.where(valid, 0.0, float("-inf"))
-        else:
-            n = tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
-            bias = tl.where(valid, tl.log2(n), float("-inf"))
-        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
-        p = tl.math.exp2(qk - lse[:, None])
-        dp = _dot(do, tl.trans(v), DOT_PREC)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+        k, v, r, valid, bias = _gathered_tile(KB, VB, list_ptr, t0, n_rows, bh, Lk, d, S, BLOCK_N, HEAD_DIM, TILE)
+        dq, p, ds = _dq_step(q, do, lse, delta, dq, k, v, bias, qk_scale, DOT_PREC)
         if S > 1 and ATOMICS:
-            dv_part = _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
-            dk_part = _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC) * sm_scale
-            tl.atomic_add(DVB + kv_off, dv_part, mask=valid[:, None], sem="relaxed")
-            tl.atomic_add(DKB + kv_off, dk_part, mask=valid[:, None], sem="relaxed")
+            _add_pooled_grads(DKB, DVB, q, do, p, ds, r, valid, bh, Lk, d, sm_scale, S, HEAD_DIM, DOT_PREC)
     return dq
 
 
@@ -95,21 +98,11 @@ def _dq_level_tma(
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr,
 ):
     """`_dq_level` for a level whose entries load by TMA, tile by tile (`_tma_entry_tile`)."""
-    Ls = (Lk + S - 1) // S
     for it in tl.range(0, cnt * ((BLOCK_N // S) // TILE), num_stages=STAGES):
-        k, v, r, bias = _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
-        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
-        p = tl.math.exp2(qk - lse[:, None])
-        dp = _dot(do, tl.trans(v), DOT_PREC)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+        k, v, r, valid, bias = _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
+        dq, p, ds = _dq_step(q, do, lse, delta, dq, k, v, bias, qk_scale, DOT_PREC)
         if S > 1 and ATOMICS:
-            dv_part = _dot(tl.trans(p.to(do.dtype)), do, DOT_PREC)
-            dk_part = _dot(tl.trans(ds.to(q.dtype)), q, DOT_PREC) * sm_scale
-            p_off = (bh * Ls + r)[:, None] * HEAD_DIM + d[None, :]
-            valid = (r < Ls)[:, None]
-            tl.atomic_add(DVB + p_off, dv_part, mask=valid, sem="relaxed")
-            tl.atomic_add(DKB + p_off, dk_part, mask=valid, sem="relaxed")
+            _add_pooled_grads(DKB, DVB, q, do, p, ds, r, valid, bh, Lk, d, sm_scale, S, HEAD_DIM, DOT_PREC)
     return dq
 
 

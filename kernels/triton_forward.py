@@ -32,47 +32,41 @@ def _dot(a, b, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
-def _fwd_level(
-    q, m_i, l_i, acc, KB, VB, list_ptr, cnt, bh, Lk, qk_scale, d,
-    S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
-    STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
-):
-    """Online-softmax update of one query tile over the packed pooled rows of one level."""
+def _row_bias(r, valid, Lk, S: tl.constexpr):
+    """Logit bias of pooled rows r of level s: log2 of the tokens each stands for (0 on level 1),
+    -inf where not valid (list padding, rows past this head's pooled length)."""
+    if S == 1:
+        return tl.where(valid, 0.0, float("-inf"))
+    else:
+        n = tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
+        return tl.where(valid, tl.log2(n), float("-inf"))
+
+
+@triton.jit
+def _gathered_tile(KB, VB, list_ptr, t0, n_rows, bh, Lk, d,
+                   S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr):
+    """Rows t0 .. t0+TILE of a level's entries laid end to end (row t is pooled row
+    idx[t // R] * R + t % R, R = block_n / s), gathered by pointers: several small pooled blocks
+    share one tile. Returns K, V [TILE, D], the pooled rows, their validity and logit bias."""
     R = BLOCK_N // S
     Ls = (Lk + S - 1) // S
-    n_rows = cnt * R
-    kv_base = bh * Ls * HEAD_DIM
-    for t0 in tl.range(0, n_rows, TILE, num_stages=STAGES):
-        t = t0 + tl.arange(0, TILE)
-        in_list = t < n_rows
-        blk = tl.load(list_ptr + t // R, mask=in_list, other=0)
-        r = blk * R + t % R
-        valid = in_list & (r < Ls)
-        kv_off = kv_base + r[:, None] * HEAD_DIM + d[None, :]
-        k = tl.load(KB + kv_off, mask=valid[:, None], other=0.0)
-        v = tl.load(VB + kv_off, mask=valid[:, None], other=0.0)
-        if S == 1:
-            bias = tl.where(valid, 0.0, float("-inf"))
-        else:
-            n = tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
-            bias = tl.where(valid, tl.log2(n), float("-inf"))
-        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
-        m_i = m_new
-    return m_i, l_i, acc
+    t = t0 + tl.arange(0, TILE)
+    in_list = t < n_rows
+    blk = tl.load(list_ptr + t // R, mask=in_list, other=0)
+    r = blk * R + t % R
+    valid = in_list & (r < Ls)
+    kv_off = bh * Ls * HEAD_DIM + r[:, None] * HEAD_DIM + d[None, :]
+    k = tl.load(KB + kv_off, mask=valid[:, None], other=0.0)
+    v = tl.load(VB + kv_off, mask=valid[:, None], other=0.0)
+    return k, v, r, valid, _row_bias(r, valid, Lk, S)
 
 
 @triton.jit
 def _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr):
     """Tile `it` of a level whose entries load by TMA: each entry's R = block_n / s pooled rows
-    are contiguous, taken TILE (<= R) at a time. Returns K, V [TILE, D], the pooled row indices
-    and the logit bias: log2 of the tokens a pooled row stands for, -inf for rows past this head's
-    pooled length (KD/VD describe level s as [B*H*ceil(Lk/s), D], so those rows hold the next
-    head's keys, or zero fill past the tensor)."""
+    are contiguous, taken TILE (<= R) at a time. Returns K, V [TILE, D], the pooled rows, their
+    validity and logit bias; KD/VD describe level s as [B*H*ceil(Lk/s), D], so rows past this
+    head's pooled length hold the next head's keys (or zero fill past the tensor): not valid."""
     R: tl.constexpr = BLOCK_N // S
     SUB: tl.constexpr = R // TILE
     Ls = (Lk + S - 1) // S
@@ -81,12 +75,34 @@ def _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S: tl.constexpr, BLOCK_N: tl.c
     k = KD.load([(bh * Ls + first).to(tl.int32), 0])
     v = VD.load([(bh * Ls + first).to(tl.int32), 0])
     r = first + tl.arange(0, TILE)
-    if S == 1:
-        bias = tl.where(r < Ls, 0.0, float("-inf"))
-    else:
-        n = tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
-        bias = tl.where(r < Ls, tl.log2(n), float("-inf"))
-    return k, v, r, bias
+    valid = r < Ls
+    return k, v, r, valid, _row_bias(r, valid, Lk, S)
+
+
+@triton.jit
+def _softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_PREC: tl.constexpr):
+    """Online-softmax update of a query tile's running max, sum and output with one key tile."""
+    qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _fwd_level(
+    q, m_i, l_i, acc, KB, VB, list_ptr, cnt, bh, Lk, qk_scale, d,
+    S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """One level over the packed pooled rows of its entries (`_gathered_tile`)."""
+    n_rows = cnt * (BLOCK_N // S)
+    for t0 in tl.range(0, n_rows, TILE, num_stages=STAGES):
+        k, v, r, valid, bias = _gathered_tile(KB, VB, list_ptr, t0, n_rows, bh, Lk, d, S, BLOCK_N, HEAD_DIM, TILE)
+        m_i, l_i, acc = _softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_PREC)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -96,14 +112,8 @@ def _fwd_level_tma(
 ):
     """One level with tensor-memory-accelerator loads, tile by tile (`_tma_entry_tile`)."""
     for it in tl.range(0, cnt * ((BLOCK_N // S) // TILE), num_stages=STAGES):
-        k, v, r, bias = _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
-        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
-        m_i = m_new
+        k, v, r, valid, bias = _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
+        m_i, l_i, acc = _softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_PREC)
     return m_i, l_i, acc
 
 
