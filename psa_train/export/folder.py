@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -149,11 +149,16 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 def base_model_reference(args: Mapping[str, Any]) -> dict[str, Any]:
     """Where the base weights come from: {"id": hub id or None, "path": local folder or None,
     "named_config": "tiny"... or None, "subfolder": ...}."""
-    source = args.get("model")
-    ref: dict[str, Any] = {"id": None, "path": None, "named_config": None, "subfolder": args.get("subfolder")}
+    return source_reference(args.get("model"), _is_named_config, args.get("subfolder"))
+
+
+def source_reference(source: Any, is_named: Callable[[Any], bool], subfolder: str | None = None) -> dict[str, Any]:
+    """{"id", "path", "named_config", "subfolder"} of a model source: a config dict, a named
+    config (`is_named`), a local folder or a hub id."""
+    ref: dict[str, Any] = {"id": None, "path": None, "named_config": None, "subfolder": subfolder}
     if isinstance(source, Mapping):
         ref["named_config"] = "config-dict"
-    elif _is_named_config(source):
+    elif is_named(source):
         ref["named_config"] = source
     elif isinstance(source, str) and os.path.isdir(source):
         ref["path"] = os.path.abspath(source)

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .folder import ExportError
+from .folder import ExportError, source_reference
 
 MODULE_NAME = "VideoClassifier"
 ENCODER_FOLDER = "encoder"
@@ -118,21 +118,9 @@ def save_student(net: nn.Module, output: Path, max_shard_size: str | int = "5GB"
 
 def base_model_reference(args: Mapping[str, Any]) -> dict[str, Any]:
     """Like the Wan export's: {"id", "path", "named_config", "subfolder"} of the backbone."""
-    import os
-
     from ..modules.video_classifier import NAMED_BACKBONES
 
-    source = args.get("backbone")
-    ref: dict[str, Any] = {"id": None, "path": None, "named_config": None, "subfolder": None}
-    if isinstance(source, Mapping):
-        ref["named_config"] = "config-dict"
-    elif isinstance(source, str) and source in NAMED_BACKBONES:
-        ref["named_config"] = source
-    elif isinstance(source, str) and os.path.isdir(source):
-        ref["path"] = os.path.abspath(source)
-    elif isinstance(source, str):
-        ref["id"] = source
-    return ref
+    return source_reference(args.get("backbone"), lambda s: isinstance(s, str) and s in NAMED_BACKBONES)
 
 
 def load_exported(folder: Path, info: Mapping[str, Any], dtype: torch.dtype | None) -> nn.Module:
