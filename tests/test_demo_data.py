@@ -8,21 +8,13 @@ import os
 import numpy as np
 import pytest
 import torch
-
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
 from psa_train.data import LatentShardDataModule, VideoShardDataModule
 from psa_train.data.cli import main
 from psa_train.data.demo import COLORS, MOTIONS, SHAPES, make_demo, render_clip
 from psa_train.data.tario import expand_shards
+
 from psa_train.models import tiny_configs as tc
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 SMALL = {"num_clips": 14, "num_val": 4, "train_shards": 2, "progress": False}
 

@@ -10,29 +10,26 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
+from psa_train.callbacks import SparsityAnnealing
+from psa_train.data import collate_videos
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 import psa_train
 from psa_train.attention import PSAConfig
-from psa_train.callbacks import SparsityAnnealing
 from psa_train.cli import main as psa_main
-from psa_train.data import collate_videos
 from psa_train.models.vit import psa_layers
-from psa_train.modules.video_classifier import TINY_VIDEOMAE_CONFIG, FrameEncoderClassifier, VideoClassifier
+from psa_train.modules.video_classifier import (
+    TINY_VIDEOMAE_CONFIG,
+    FrameEncoderClassifier,
+    VideoClassifier,
+)
 
 PSA = {"block_m": 64, "block_n": 32, "tile_size": [2, 4, 4], "bands": {1: 0.2, 2: 0.1, 4: 0.1, 8: 0.2}}
 SMALL = dict(TINY_VIDEOMAE_CONFIG, image_size=32, patch_size=4, num_frames=8, hidden_size=64, intermediate_size=96)
 VIT = {"model_type": "vit", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 1,
        "intermediate_size": 64, "image_size": 32, "patch_size": 4}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _samples(n=4, frames=8):

@@ -8,22 +8,15 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from psa_train import cli as top_cli
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
 from psa_train.data import LatentShardDataModule, decode_video
 from psa_train.data.cli import main
 from psa_train.data.demo import encode_mp4
 from psa_train.data.tario import write_tar
+
+from psa_train import cli as top_cli
 from psa_train.models import text_video_encoders as tve
 from psa_train.models import tiny_configs
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -10,27 +10,24 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch.utils.data import DataLoader
-
-from psa_train.attention import PSAAttention
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
 from psa_train.callbacks import AttentionStats, SparsityAnnealing
 from psa_train.data import VideoShardDataModule, collate_videos
 from psa_train.data.demo import encode_mp4
 from psa_train.data.tario import write_tar
+from torch.utils.data import DataLoader
+
+from psa_train.attention import PSAAttention
 from psa_train.modules.distill import ConfigError
-from psa_train.modules.video_classifier import TINY_VIDEOMAE_CONFIG, VideoClassifier, build_video_classifier
+from psa_train.modules.video_classifier import (
+    TINY_VIDEOMAE_CONFIG,
+    VideoClassifier,
+    build_video_classifier,
+)
 
 PSA = {"block_m": 64, "block_n": 32, "tile_size": [2, 4, 4], "bands": {1: 0.2, 2: 0.1, 4: 0.1, 8: 0.2}}
 # 8 frames of 32x32, patch 4 -> a 4 x 8 x 8 grid (256 tokens: 4 query x 8 key blocks).
 SMALL = dict(TINY_VIDEOMAE_CONFIG, image_size=32, patch_size=4, num_frames=8, hidden_size=64, intermediate_size=96)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _clips(n=8, classes=3, seed=0):
@@ -207,8 +204,9 @@ def test_tiny_recipe_runs_through_the_cli(tmp_path, monkeypatch):
     """`psa-train fit --config recipes/tiny_vit.yaml` on a few rendered demo clips (labels: shape)."""
     from pathlib import Path
 
-    from psa_train import cli
     from psa_train.data.demo import render_clip
+
+    from psa_train import cli
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny_vit.yaml"
     samples = []

@@ -12,8 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils.data import DataLoader, get_worker_info
-
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
 from psa_train.data import (
     ShardStream,
     VideoDecodeError,
@@ -21,18 +20,11 @@ from psa_train.data import (
     decode_video,
     resize_center_crop,
     sample_frame_indices,
+    sharding,
 )
-from psa_train.data import sharding
 from psa_train.data.demo import encode_mp4
 from psa_train.data.tario import expand_shards, write_tar
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from torch.utils.data import DataLoader, get_worker_info
 
 
 def ramp_frames(n: int, height: int, width: int, step: int = 10) -> np.ndarray:

@@ -11,6 +11,7 @@ import importlib.util
 
 import pytest
 import torch
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from psa_train.attention import PSAConfig
 from psa_train.models import vit as vit_psa
@@ -30,14 +31,6 @@ transformers = pytest.importorskip("transformers")
 COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96)
 # 64-token query blocks / 32-token key blocks over 2x4x4 (video) or 1x4x8 (image) tiles.
 CFG = PSAConfig(block_m=64, block_n=32, layout="tile", tile_size=(2, 4, 4), bands={1: 0.2, 2: 0.1, 4: 0.1, 8: 0.2})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _videomae():
