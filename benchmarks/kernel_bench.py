@@ -271,6 +271,7 @@ def scoring_kernel_sweep(q, k, log):
     import functools
 
     from psa_train.kernels.triton_block_scores import (
+        CUDA_DEFAULTS,
         DEFAULTS,
         block_scores_triton,
         block_sums,
@@ -280,16 +281,13 @@ def scoring_kernel_sweep(q, k, log):
 
     variants = {
         "default": {},
+        "contiguous loads": {"loads": "contiguous"},
+        "fp32 scratch": {"scratch": "fp32"},
         "no register cap": {"max_registers": None},
-        "gathered loads": {"loads": "gather"},
-        "TMA loads": {"loads": "tma"},
-        "fp16 scratch": {"scratch": "fp16"},
-        "TMA + fp16 scratch": {"loads": "tma", "scratch": "fp16"},
         "block_q 64, 4 warps": {"block_q": 64, "num_warps": 4},
-        "block_q 64, 4 warps, TMA + fp16 scratch": {"block_q": 64, "num_warps": 4, "loads": "tma", "scratch": "fp16"},
         "every tile masked": {"k_full_blocks": 0},
     }
-    log(f"scoring kernel DEFAULTS {DEFAULTS}")
+    log(f"scoring kernel defaults on CUDA: {DEFAULTS | CUDA_DEFAULTS}")
     qd, kd = q.detach(), k.detach()
     scale = 1.0 / math.sqrt(q.shape[-1])
     for block_n in (64, 32):
@@ -308,10 +306,10 @@ def scoring_kernel_sweep(q, k, log):
                 log(f"{label}: {bench(run, rep=100):.3f} ms (rel. diff to default {diff:.1e})")
             except Exception as exc:  # noqa: BLE001  (a variant that does not compile or fit)
                 log(f"{label}: FAILED {exc!r:.160}")
-        label = f"scoring kernel block_n={block_n} pass 1 only (block sums to the scratch)"
+        label = f"scoring kernel block_n={block_n} pass 1 only (block sums to the scratch; contiguous loads, fp32)"
         try:
             run = functools.partial(block_sums, qd, kd, qt.rows.flatten(), kt.rows.flatten(),
-                                    kt.valid_i8.flatten(), kt.rows.shape[1], scale, loads="contiguous", **full)
+                                    kt.valid_i8.flatten(), kt.rows.shape[1], scale, **full)
             log(f"{label}: {bench(run, rep=100):.3f} ms")
         except Exception as exc:  # noqa: BLE001
             log(f"{label}: FAILED {exc!r:.160}")

@@ -22,9 +22,10 @@ slots that are invalid still compute (they point at a real token) but are left o
 Tiles made only of fully sampled key blocks (all but the tail at the default quarter sampling)
 skip the masking.
 
-Operand loads (``loads``): "contiguous" gathers the sampled rows of q and k once per call
-(index_select) so the kernel reads plain consecutive tiles; "tma" reads those gathered copies
-through TMA descriptors; "gather" skips the copies and loads rows through the index tables.
+Operands: the sampled rows of q and k are gathered once per call (index_select), so the kernel
+reads plain consecutive tiles (``loads`` "contiguous"), or reads them through TMA descriptors
+("tma", the CUDA default). Loading rows through the index tables instead, and per-block maxima
+instead of the indicator-product sum, were measured slower on an H200 and removed (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,19 +37,18 @@ import triton.language as tl
 from .triton_launch import cdiv, kernel
 
 LOG2_E = 1.4426950408889634
-LOADS = ("contiguous", "tma", "gather")
-SEGMENT_SUMS = ("dot", "reshape")
+LOADS = ("contiguous", "tma")
 SCRATCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Defaults of block_scores_triton (kernel_bench.py --scoring-only times the alternatives).
 DEFAULTS = {"loads": "contiguous", "block_q": 128, "tile_slots": 128, "num_warps": 8, "num_stages": 2,
-            "segment_sum": "dot", "chunk": 64, "scratch": "fp32", "max_registers": "auto"}
+            "chunk": 64, "scratch": "fp32", "max_registers": "auto"}
 # On CUDA: the fastest measured on an H200 at the Wan shape (BENCHMARKS.md, 2026-11-28 20:05 UTC:
 # 0.73 ms at block_n 64, 0.80 ms at 32, against 0.80 / 0.92 ms with DEFAULTS' loads and scratch).
 CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16"}
 
 
 @triton.jit
-def _load_rows(base, ROWS, DESC, desc_row, first, count, stride_l,
+def _load_rows(base, DESC, desc_row, first, count, stride_l,
                NUM: tl.constexpr, HEAD_DIM: tl.constexpr, LOADS: tl.constexpr, MASKED: tl.constexpr):
     """Rows first .. first+NUM of a sampled operand, [NUM, HEAD_DIM].
 
@@ -61,11 +61,7 @@ def _load_rows(base, ROWS, DESC, desc_row, first, count, stride_l,
     d = tl.arange(0, HEAD_DIM)
     if MASKED:
         ok = idx < count
-        if LOADS == "gather":
-            idx = tl.load(ROWS + idx, mask=ok, other=0)
         return tl.load(base + idx[:, None] * stride_l + d[None, :], mask=ok[:, None], other=0.0)
-    if LOADS == "gather":
-        idx = tl.load(ROWS + idx)
     return tl.load(base + idx[:, None] * stride_l + d[None, :])
 
 
@@ -102,22 +98,6 @@ def _block_sums_dot(raw, scale, TILE: tl.constexpr, SLOTS: tl.constexpr, OUT_COL
 
 
 @triton.jit
-def _block_sums_reshape(raw, scale, BLOCK_Q: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, SLOTS: tl.constexpr):
-    """Per-block sums through a [rows, blocks, slots] view (exact per-block maxima).
-
-    Returns the same triple as `_block_sums_dot`, for one log and one exp per block more.
-    """
-    grouped = tl.reshape(raw * scale, (BLOCK_Q, BLOCKS_PER_TILE, SLOTS))
-    block_max = tl.max(grouped, axis=2)
-    safe_block = tl.where(block_max == float("-inf"), 0.0, block_max)
-    lse = safe_block + tl.log2(tl.sum(tl.exp2(grouped - safe_block[:, :, None]), axis=2))
-    row_max = tl.max(lse, axis=1)
-    safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-    sums = tl.exp2(lse - safe_max[:, None])
-    return sums, safe_max, tl.sum(sums, axis=1)
-
-
-@triton.jit
 def _store_tile(SCRATCH, MAXES, sums, tile_max, row_ids, row_ok, first_block, num_k_blocks, num_tiles,
                 BLOCKS_PER_TILE: tl.constexpr, OUT_COLS: tl.constexpr):
     """Pass 1's output for one key tile: block sums (the first BLOCKS_PER_TILE of OUT_COLS
@@ -134,10 +114,10 @@ def _store_tile(SCRATCH, MAXES, sums, tile_max, row_ids, row_ok, first_block, nu
 
 
 @triton.jit
-def _key_tile(q, k_base, K_ROWS, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids, row_ok, bh,
+def _key_tile(q, k_base, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids, row_ok, bh,
               first_block, num_k_rows, num_k_blocks, num_tiles, stride_kl, scale,
               HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, K_SLOTS: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr,
-              OUT_COLS: tl.constexpr, LOADS: tl.constexpr, SEGMENT_SUM: tl.constexpr, MASKED: tl.constexpr,
+              OUT_COLS: tl.constexpr, LOADS: tl.constexpr, MASKED: tl.constexpr,
               INTERPRETED: tl.constexpr):
     """One step of pass 1 over BLOCKS_PER_TILE key blocks: sums to the scratch; new (row max, sum).
 
@@ -145,18 +125,15 @@ def _key_tile(q, k_base, K_ROWS, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_s
     validity bias and the load masks.
     """
     first_col = first_block * K_SLOTS
-    k = _load_rows(k_base, K_ROWS, K_DESC, bh * num_k_rows, first_col, num_k_rows, stride_kl,
+    k = _load_rows(k_base, K_DESC, bh * num_k_rows, first_col, num_k_rows, stride_kl,
                    BLOCKS_PER_TILE * K_SLOTS, HEAD_DIM, LOADS, MASKED)
     raw = _raw_logits(q, k, INTERPRETED)
     if MASKED:
         cols = first_col + tl.arange(0, BLOCKS_PER_TILE * K_SLOTS)
         valid = tl.load(K_VALID + cols, mask=cols < num_k_rows, other=0) != 0
         raw += tl.where(valid, 0.0, float("-inf"))[None, :]
-    if SEGMENT_SUM == "reshape":
-        sums, tile_max, tile_sum = _block_sums_reshape(raw, scale, BLOCK_Q, BLOCKS_PER_TILE, K_SLOTS)
-    else:
-        sums, tile_max, tile_sum = _block_sums_dot(raw, scale, BLOCKS_PER_TILE * K_SLOTS, K_SLOTS, OUT_COLS,
-                                                   INTERPRETED)
+    sums, tile_max, tile_sum = _block_sums_dot(raw, scale, BLOCKS_PER_TILE * K_SLOTS, K_SLOTS, OUT_COLS,
+                                               INTERPRETED)
     _store_tile(SCRATCH, MAXES, sums, tile_max, row_ids, row_ok, first_block, num_k_blocks, num_tiles,
                 BLOCKS_PER_TILE, OUT_COLS)
     new_max = tl.maximum(row_max, tile_max)
@@ -218,13 +195,12 @@ def _normalize_rows(OUT, total, bh, tile, num_q_blocks, num_k_blocks, GROUPS: tl
 
 @kernel
 def _block_scores_kernel(
-    Q, K, Q_DESC, K_DESC, Q_ROWS, K_ROWS, Q_VALID, K_VALID, SCRATCH, MAXES, OUT,
+    Q, K, Q_DESC, K_DESC, Q_VALID, K_VALID, SCRATCH, MAXES, OUT,
     num_heads, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     num_q_rows, num_k_rows, num_q_blocks, num_k_blocks, clean_blocks, num_tiles, sm_scale_log2,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, Q_SLOTS: tl.constexpr, K_SLOTS: tl.constexpr,
     BLOCKS_PER_TILE: tl.constexpr, OUT_COLS: tl.constexpr, POOL_TILES: tl.constexpr, CHUNK: tl.constexpr,
-    LOADS: tl.constexpr,
-    SEGMENT_SUM: tl.constexpr, REDUCE: tl.constexpr, NORMALIZE: tl.constexpr, STAGES: tl.constexpr,
+    LOADS: tl.constexpr, REDUCE: tl.constexpr, NORMALIZE: tl.constexpr, STAGES: tl.constexpr,
     INTERPRETED: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -235,7 +211,7 @@ def _block_scores_kernel(
     rows = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < num_q_rows
     row_ids = bh * num_q_rows + rows
-    q = _load_rows(q_base, Q_ROWS, Q_DESC, bh * num_q_rows, tile * BLOCK_Q, num_q_rows, stride_ql,
+    q = _load_rows(q_base, Q_DESC, bh * num_q_rows, tile * BLOCK_Q, num_q_rows, stride_ql,
                    BLOCK_Q, HEAD_DIM, LOADS, True)
 
     # pass 1: per-tile block sums to the scratch, online row max / sum for the row's lse;
@@ -243,15 +219,15 @@ def _block_scores_kernel(
     row_max = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros((BLOCK_Q,), dtype=tl.float32)
     for first_block in tl.range(0, clean_blocks, BLOCKS_PER_TILE, num_stages=STAGES):
-        row_max, row_sum = _key_tile(q, k_base, K_ROWS, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids,
+        row_max, row_sum = _key_tile(q, k_base, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids,
                                      row_ok, bh, first_block, num_k_rows, num_k_blocks, num_tiles, stride_kl,
                                      sm_scale_log2, HEAD_DIM, BLOCK_Q, K_SLOTS, BLOCKS_PER_TILE, OUT_COLS, LOADS,
-                                     SEGMENT_SUM, False, INTERPRETED)
+                                     False, INTERPRETED)
     for first_block in tl.range(clean_blocks, num_k_blocks, BLOCKS_PER_TILE, num_stages=STAGES):
-        row_max, row_sum = _key_tile(q, k_base, K_ROWS, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids,
+        row_max, row_sum = _key_tile(q, k_base, K_DESC, K_VALID, SCRATCH, MAXES, row_max, row_sum, row_ids,
                                      row_ok, bh, first_block, num_k_rows, num_k_blocks, num_tiles, stride_kl,
                                      sm_scale_log2, HEAD_DIM, BLOCK_Q, K_SLOTS, BLOCKS_PER_TILE, OUT_COLS, LOADS,
-                                     SEGMENT_SUM, True, INTERPRETED)
+                                     True, INTERPRETED)
 
     if REDUCE == "none":  # pass 1 alone: the row log-sum-exps go where pass 2 would write scores
         tl.store(OUT + row_ids, row_max + tl.log2(row_sum), mask=row_ok)
@@ -272,10 +248,8 @@ def _descriptor(x: torch.Tensor, rows: int):
     return TensorDescriptor.from_tensor(x.view(-1, x.shape[-1]), [rows, x.shape[-1]])
 
 
-def _operands(x: torch.Tensor, rows: torch.Tensor, loads: str) -> torch.Tensor:
-    """What the kernel reads: the sampled rows gathered once, or x itself (unit stride in D)."""
-    if loads == "gather":
-        return x if x.stride(-1) == 1 else x.contiguous()
+def _operands(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """What the kernel reads: the sampled rows of x, gathered once into a contiguous copy."""
     return x.index_select(2, rows.view(-1)).contiguous()
 
 
@@ -296,12 +270,10 @@ def full_key_blocks(k_valid: torch.Tensor, slots: int) -> int:
 
 
 def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots, k_full_blocks,
-            loads, block_q, tile_slots, num_warps, num_stages, segment_sum, chunk, scratch, max_registers):
+            loads, block_q, tile_slots, num_warps, num_stages, chunk, scratch, max_registers):
     """Shared launcher: returns the pooled scores, or for reduce "none" (scratch, maxes, row lse)."""
     if loads not in LOADS:
         raise ValueError(f"loads must be one of {LOADS}, got {loads!r}")
-    if segment_sum not in SEGMENT_SUMS:
-        raise ValueError(f"segment_sum must be one of {SEGMENT_SUMS}, got {segment_sum!r}")
     if scratch not in SCRATCH_DTYPES:
         raise ValueError(f"scratch must be one of {tuple(SCRATCH_DTYPES)}, got {scratch!r}")
     batch, heads, _, dim = q.shape
@@ -309,10 +281,10 @@ def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize,
     num_k_blocks = num_k_rows // k_slots
     block_q = max(block_q, q_slots)  # whole query blocks per program (both powers of two)
     blocks_per_tile = _blocks_per_tile(tile_slots, k_slots)
-    out_cols = blocks_per_tile if segment_sum == "reshape" else max(16, blocks_per_tile)
+    out_cols = max(16, blocks_per_tile)
     num_tiles = cdiv(num_k_blocks, blocks_per_tile)
     clean_blocks = min(k_full_blocks, num_k_blocks) // blocks_per_tile * blocks_per_tile
-    qs, ks = _operands(q, q_rows, loads), _operands(k, k_rows, loads)
+    qs, ks = _operands(q, q_rows), _operands(k, k_rows)
     q_desc = _descriptor(qs, block_q) if loads == "tma" else None
     k_desc = _descriptor(ks, blocks_per_tile * k_slots) if loads == "tma" else None
     sums = torch.empty(batch, heads, num_q_rows, num_k_blocks, dtype=SCRATCH_DTYPES[scratch], device=q.device)
@@ -326,13 +298,13 @@ def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize,
     limits = {"maxnreg": max_registers} if max_registers and q.is_cuda else {}
     grid = (cdiv(num_q_rows, block_q), batch * heads)
     _block_scores_kernel[grid](
-        qs, ks, q_desc, k_desc, q_rows, k_rows, q_valid, k_valid, sums, maxes, out,
+        qs, ks, q_desc, k_desc, q_valid, k_valid, sums, maxes, out,
         heads, qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
         num_q_rows, num_k_rows, num_q_rows // q_slots, num_k_blocks, clean_blocks, num_tiles,
         float(sm_scale) * LOG2_E,
         HEAD_DIM=dim, BLOCK_Q=block_q, Q_SLOTS=q_slots, K_SLOTS=k_slots, BLOCKS_PER_TILE=blocks_per_tile,
         OUT_COLS=out_cols, POOL_TILES=max(1, chunk // blocks_per_tile), CHUNK=chunk, LOADS=loads,
-        SEGMENT_SUM=segment_sum, REDUCE=reduce, NORMALIZE=bool(normalize), STAGES=num_stages,
+        REDUCE=reduce, NORMALIZE=bool(normalize), STAGES=num_stages,
         INTERPRETED=not q.is_cuda, num_warps=num_warps, **limits,
     )
     return (sums, maxes, out) if reduce == "none" else out
@@ -353,14 +325,13 @@ def block_scores_triton(
 ) -> torch.Tensor:
     """[B, H, nQ, nK] float32 block scores, everything after the sample tables in one kernel.
 
-    q [B, H, Lq, D], k [B, H, Lk, D] (fp16/bf16/fp32, D a power of two >= 16, unit stride in D
-    for loads="gather", 16-byte aligned rows for "tma"); q_rows, q_valid [nQ, q_slots] and
+    q [B, H, Lq, D], k [B, H, Lk, D] (fp16/bf16/fp32, D a power of two >= 16); q_rows, q_valid [nQ, q_slots] and
     k_rows, k_valid [nK, k_slots]: padded sample tables (scoring.padded_samples), rows int64,
     validity int8 or bool. k_full_blocks: `full_key_blocks(k_valid)`, the leading key blocks
     whose tiles may skip masking (pass it from a cache: None computes it, a host sync on CUDA).
     `options` override DEFAULTS: loads (see module doc), block_q (sampled query rows per
     program, raised to q_slots), tile_slots (sampled keys per step), num_warps, num_stages,
-    segment_sum ("dot": bf16 indicator product, "reshape": exact per-block maxima), chunk (key
+    chunk (key
     blocks per pooling step, at least one tile), scratch ("fp32", or "fp16": half the scratch traffic, see
     `_store_tile`), max_registers (per thread, CUDA only; "auto" caps 8 warps at 128 so two
     programs share an SM and one's exponentials overlap the other's tensor-core products; None:
@@ -396,9 +367,9 @@ def block_sums(
     keys, against m = maxes [B, H, len(q_rows), tiles] of the block's tile; row lse [B, H,
     len(q_rows)]: log2 Σ 2^x over all sampled keys (x = q·k·scale·log2e). q_rows: any query
     tokens; k_rows, k_valid: [nK * slots] padded sampled key tokens and validity; options as
-    for `block_scores_triton` (loads default "gather" here).
+    for `block_scores_triton`.
     """
-    cfg = {**DEFAULTS, "loads": "gather", **options}
+    cfg = {**DEFAULTS, **options}
     if k_full_blocks is None:
         k_full_blocks = full_key_blocks(k_valid, slots)
     return _launch(q, k, q_rows, None, k_rows, _as_int8(k_valid), sm_scale, "none", False, 1, slots, k_full_blocks,
