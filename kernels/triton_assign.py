@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_launch import LazyKernel
+from .triton_launch import kernel
 
 SCORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_BLOCKS = 8192  # key blocks per row that still fit in registers (and in a key's low 16 bits)
@@ -128,31 +128,9 @@ def _mass_before(keys, rank, nk):
     return (tl.cumsum(score, axis=1) - score) / total[:, None]
 
 
-class _BandScalarsKernel(LazyKernel):
-    """`kernel`, except that the compiled variant does not specialise the band scalars.
-
-    Triton compiles a new variant for each pattern of integer arguments equal to 1 or divisible
-    by 16; the counts and boundary bits move with the budget (annealed every step), so without
-    this a training run would stop to compile again and again.
-    """
-
-    BAND_SCALARS = ("n1", "n2", "n4", "n8", "b1", "b2", "b4", "b8")
-
-    def __init__(self, fn):
-        super().__init__(fn)
-        self._compiled = None
-
-    def variant(self, interpret: bool):
-        if interpret:
-            return super().variant(True)
-        if self._compiled is None:
-            from triton.runtime.jit import JITFunction
-
-            self._compiled = JITFunction(self.fn, do_not_specialize=self.BAND_SCALARS)
-        return self._compiled
-
-
-@_BandScalarsKernel
+# The band scalars move with the budget (annealed every step): not specialised, so a training run
+# never stops to compile the kernel again.
+@kernel(do_not_specialize=("n1", "n2", "n4", "n8", "b1", "b2", "b4", "b8"))
 def _assign_kernel(S, OUT, n_rows, nk, stride_row, stride_col,
                    n1, n2, n4, n8, b1, b2, b4, b8,
                    THRESHOLD: tl.constexpr, ROWS: tl.constexpr, NPAD: tl.constexpr,

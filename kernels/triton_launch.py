@@ -32,10 +32,11 @@ import triton
 class LazyKernel:
     """A kernel source function, jitted on first use for the device of its tensor arguments."""
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., Any], do_not_specialize: tuple[str, ...] = ()):
         self.fn = fn
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
+        self.do_not_specialize = tuple(do_not_specialize)
         self._variants: dict[bool, Any] = {}
 
     def variant(self, interpret: bool):
@@ -47,7 +48,7 @@ class LazyKernel:
             else:
                 from triton.runtime.jit import JITFunction
 
-                self._variants[interpret] = JITFunction(self.fn)
+                self._variants[interpret] = JITFunction(self.fn, do_not_specialize=self.do_not_specialize)
         return self._variants[interpret]
 
     def __getitem__(self, grid):
@@ -88,9 +89,16 @@ def _interpreter_mode():
             os.environ["TRITON_INTERPRET"] = saved_env
 
 
-def kernel(fn: Callable[..., Any]) -> LazyKernel:
-    """Decorator: like ``triton.jit`` but compiled or interpreted per launch (see module doc)."""
-    return LazyKernel(fn)
+def kernel(fn: Callable[..., Any] | None = None, *, do_not_specialize: tuple[str, ...] = ()):
+    """Decorator: like ``triton.jit`` but compiled or interpreted per launch (see module doc).
+
+    `do_not_specialize` names integer arguments the compiled variant must not specialise on
+    (Triton otherwise compiles again for each pattern of values equal to 1 or divisible by 16):
+    for scalars that change every call, e.g. with an annealed budget.
+    """
+    if fn is None:
+        return lambda f: LazyKernel(f, do_not_specialize)
+    return LazyKernel(fn, do_not_specialize)
 
 
 def cdiv(a: int, b: int) -> int:
