@@ -3,6 +3,7 @@
 Run on a GPU:  python benchmarks/kernel_bench.py  [--sweep] [--shapes wan,vit] [--json out.json]
                python benchmarks/kernel_bench.py --scoring-only   (block scoring + assignment alone)
                python benchmarks/kernel_bench.py --variants       (kernel variants at density 0.15)
+               python benchmarks/kernel_bench.py --sweep-only --sweep-keys 64x128x64,128x128x32
 
 Rows: the Wan2.1-1.3B shape (B=1, H=12, L=32760, D=128) and a video-ViT shape (B=8, H=12,
 L=1568, D=64), bf16, densities 1.0, 0.5, 0.25, 0.15 (10 % level 1, 5 % level 2, 20 % level 8,
@@ -10,8 +11,10 @@ rest skipped) and 0.08, block_m=128, block_n=64. Every query block row gets exac
 of each level, at random key blocks. FlexAttention gets a random binary 128x128 block map of
 the same density (full blocks, compiled). Timings: triton.testing.do_bench medians on random
 inputs. Effective TFLOP/s = dense FLOPs x density / time (fwd 4·B·H·L²·D, fwd+bwd 3.5x that).
-Ratios are ours / baseline (below 1 = faster). --sweep first times kernel configurations at the
-Wan shape (density 0.15 and 1.0) and uses the fastest for the table. The table prints last.
+Ratios are ours / baseline (below 1 = faster). --sweep first times kernel configurations for each
+--sweep-keys (D x block_m x block_n; D=128 at the Wan shape, D=64 at B=1, H=12, L=32760; density
+0.15 and 1.0) and uses the fastest for the table (--sweep-only: prints them, no table); the
+winners go into kernels/tuning.py MEASURED by hand. The table prints last.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from psa_train.kernels import pyramid_attention
 from psa_train.kernels import tuning
-from psa_train.kernels.block_lists import build_plan
+from psa_train.kernels.block_lists import build_plan, with_transposed
 from psa_train.kernels.triton_autograd import triton_pyramid_attention
 from psa_train.kernels.triton_backward import launch_delta, launch_dkdv, launch_dq, pooled_grad_buffers
 from psa_train.kernels.triton_forward import pyramid_forward
@@ -102,22 +105,23 @@ def inputs(shape, device, gen):
     return q, k, v, do
 
 
-def stage_times(q, k, v, do, levels, cfg, scale, only=None, rep=300, block_n=BLOCK_N):
+def stage_times(q, k, v, do, levels, cfg, scale, only=None, rep=300, block_n=BLOCK_N, block_m=BLOCK_M):
     """Each stage of our forward and backward timed alone (ms); `only` picks one stage."""
     qd, kd, vd = (t.detach() for t in (q, k, v))
     plan = build_plan(levels, block_n)
     pyr = build_pyramid(kd, vd)
-    out, lse = pyramid_forward(qd, kd, vd, pyr, plan, BLOCK_M, block_n, scale, cfg)
+    out, lse = pyramid_forward(qd, kd, vd, pyr, plan, block_m, block_n, scale, cfg)
     delta = launch_delta(out, do)
     pooled = pooled_grad_buffers(kd)
     stages = {
-        "lists": lambda: build_plan(levels, block_n),
+        "lists": lambda: build_plan(levels, block_n, transposed=False),
+        "transposed_lists": lambda: with_transposed(plan, levels),
         "pyramid": lambda: build_pyramid(kd, vd),
-        "fwd_kernel": lambda: pyramid_forward(qd, kd, vd, pyr, plan, BLOCK_M, block_n, scale, cfg),
+        "fwd_kernel": lambda: pyramid_forward(qd, kd, vd, pyr, plan, block_m, block_n, scale, cfg),
         "delta": lambda: launch_delta(out, do),
         "zero_pooled_grads": lambda: pooled_grad_buffers(kd),
-        "dq_pass": lambda: launch_dq(qd, kd, vd, do, lse, delta, pyr, pooled, plan, BLOCK_M, block_n, scale, cfg),
-        "dkdv_pass": lambda: launch_dkdv(qd, kd, vd, do, lse, delta, pooled, plan, BLOCK_M, block_n, scale, cfg),
+        "dq_pass": lambda: launch_dq(qd, kd, vd, do, lse, delta, pyr, pooled, plan, block_m, block_n, scale, cfg),
+        "dkdv_pass": lambda: launch_dkdv(qd, kd, vd, do, lse, delta, pooled, plan, block_m, block_n, scale, cfg),
     }
     return {name: bench(fn, rep) for name, fn in stages.items() if only in (None, name)}
 
@@ -137,30 +141,43 @@ def graph_time(fn):
 
 
 SWEEP_FWD = [
-    dict(fwd_tiles=(64, 64, 64, 64), fwd_warps=4, fwd_stages=3, fwd_tma=True),
-    dict(fwd_tiles=(64, 128, 128, 128), fwd_warps=4, fwd_stages=3, fwd_tma=True),
-    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=3, fwd_tma=True),
-    dict(fwd_tiles=(64, 64, 64, 64), fwd_warps=8, fwd_stages=3, fwd_tma=True),
+    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=3, fwd_clean_levels=()),
+    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=3, fwd_clean_levels=(1, 2, 4, 8)),
+    dict(fwd_tiles=(64, 64, 64, 64), fwd_warps=4, fwd_stages=3, fwd_clean_levels=()),
+    dict(fwd_tiles=(64, 64, 64, 64), fwd_warps=4, fwd_stages=3, fwd_clean_levels=(1, 2, 4, 8)),
+    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=2, fwd_clean_levels=(1, 2, 4, 8)),
+    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=8, fwd_stages=3, fwd_clean_levels=(1, 2, 4, 8)),
 ]
 SWEEP_DQ = [
-    dict(dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3, dq_tma=True),
-    dict(dq_tiles=(64, 64, 64, 64), dq_warps=4, dq_stages=3, dq_tma=True),
-    dict(dq_tiles=(64, 128, 128, 128), dq_warps=8, dq_stages=3, dq_tma=True),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=2),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=4, dq_stages=3),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=4, dq_stages=2),
 ]
 SWEEP_DKDV = [
-    dict(dkdv_ksub=64, dkdv_msub=64, dkdv_warps=4, dkdv_stages=2, dkdv_tma=True),
-    dict(dkdv_ksub=64, dkdv_msub=128, dkdv_warps=4, dkdv_stages=2, dkdv_tma=True),
+    dict(dkdv_ksub=64, dkdv_msub=64, dkdv_warps=4, dkdv_stages=2),
+    dict(dkdv_ksub=64, dkdv_msub=128, dkdv_warps=4, dkdv_stages=2),
+    dict(dkdv_ksub=64, dkdv_msub=128, dkdv_warps=8, dkdv_stages=2),
+    dict(dkdv_ksub=32, dkdv_msub=128, dkdv_warps=4, dkdv_stages=2),
 ]
 
 
-def sweep(device, gen, log):
-    """Fastest config per pass at the Wan shape; score = time at 0.15 + time at 1.0 / 6."""
-    shape = SHAPES["wan"]
+# Shapes the configuration sweep times each head dimension at (long sequences: the ViT shape is
+# launch-bound and would tune for Python overhead).
+SWEEP_SHAPES = {128: SHAPES["wan"], 64: (1, 12, 32760, 64)}
+SWEEP_KEYS = "128x128x64,64x128x64"  # (D, block_m, block_n) of the benchmark's two shapes
+
+
+def sweep(key, device, gen, log):
+    """Fastest config per pass for key (D, block_m, block_n), bf16, at SWEEP_SHAPES[D];
+    score = time at density 0.15 + time at 1.0 / 6."""
+    dim, block_m, block_n = key
+    shape = SWEEP_SHAPES[dim]
     q, k, v, do = inputs(shape, device, gen)
-    scale = 1 / math.sqrt(shape[3])
-    n_qb, n_kb = math.ceil(shape[2] / BLOCK_M), math.ceil(shape[2] / BLOCK_N)
+    scale = 1 / math.sqrt(dim)
+    n_qb, n_kb = math.ceil(shape[2] / block_m), math.ceil(shape[2] / block_n)
     maps = {d: make_levels(shape[0], shape[1], n_qb, n_kb, MIXES[d], device, gen) for d in (0.15, 1.0)}
-    base = tuning.get_config(shape[3], BLOCK_M, BLOCK_N, torch.bfloat16)
+    base = tuning.get_config(dim, block_m, block_n, torch.bfloat16)
     best = {}
     for name, variants, stage in (("fwd", SWEEP_FWD, "fwd_kernel"), ("dq", SWEEP_DQ, "dq_pass"),
                                   ("dkdv", SWEEP_DKDV, "dkdv_pass")):
@@ -168,20 +185,25 @@ def sweep(device, gen, log):
         for var in variants:
             cfg = tuning.replace(base, **var)
             try:
-                ts = {d: stage_times(q, k, v, do, lv, cfg, scale, stage, 150)[stage] for d, lv in maps.items()}
+                ts = {d: stage_times(q, k, v, do, lv, cfg, scale, stage, 150, block_n, block_m)[stage]
+                      for d, lv in maps.items()}
             except Exception as exc:  # a config that does not compile or fit: skip it
-                log(f"sweep {name} {var}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
+                log(f"sweep {key} {name} {var}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
                 continue
             score = ts[0.15] + ts[1.0] / 6
-            log(f"sweep {name} {var}: d0.15 {ts[0.15]:.3f} ms, d1.0 {ts[1.0]:.3f} ms")
+            log(f"sweep {key} {name} {var}: d0.15 {ts[0.15]:.3f} ms, d1.0 {ts[1.0]:.3f} ms")
             scores.append((score, var))
         best.update(min(scores, key=lambda s: s[0])[1])
+    del q, k, v, do
+    torch.cuda.empty_cache()
     return tuning.replace(base, **best)
 
 
 # Kernel variants timed against each other at density 0.15 (--variants): name -> config change.
 KERNEL_VARIANTS = {
     "default": {},
+    "default (repeat)": {},  # the run-to-run spread
+    "plain grid order": dict(heavy_first=False),
     "fwd pooled gathers": dict(fwd_pooled_tma=False),
     "fwd Q by pointer loads": dict(fwd_q_tma=False),
     "fwd 8 warps": dict(fwd_warps=8),
@@ -191,6 +213,10 @@ KERNEL_VARIANTS = {
     # block_n 32: level-1 entries are 32 rows; gathering two per 64-row tile instead of TMA tiles of 32
     "fwd level-1 gathers 64-row tiles": dict(fwd_tma=False, fwd_tiles=(64, 32, 32, 32)),
     "dq level-1 gathers 64-row tiles": dict(dq_tma=False),
+    # the bias-free step on TMA tiles of whole key blocks (default: every level) or none
+    "every tile masked": dict(fwd_clean_levels=(), dq_clean_levels=()),
+    "fwd clean tiles": dict(fwd_clean_levels=(1, 2, 4, 8)),
+    "fwd every tile masked": dict(fwd_clean_levels=()),
 }
 
 
@@ -261,7 +287,7 @@ def scoring_time(q, k):
     return res
 
 
-def scoring_kernel_sweep(q, k, log):
+def scoring_kernel_sweep(q, k, log, only=None):
     """Time the fused block-scoring kernel's variants at the Wan shape, block_n 64 and 32.
 
     One line per variant: its time and its relative difference to the default's scores (a
@@ -287,6 +313,8 @@ def scoring_kernel_sweep(q, k, log):
         "block_q 64, 4 warps": {"block_q": 64, "num_warps": 4},
         "every tile masked": {"k_full_blocks": 0},
     }
+    if only:
+        variants = {name: opts for name, opts in variants.items() if name in only}
     log(f"scoring kernel defaults on CUDA: {DEFAULTS | CUDA_DEFAULTS}")
     qd, kd = q.detach(), k.detach()
     scale = 1.0 / math.sqrt(q.shape[-1])
@@ -319,13 +347,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="wan,vit")
     ap.add_argument("--densities", default="1.0,0.5,0.25,0.15,0.08")
-    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="tune configs first (--sweep-keys) and use them")
+    ap.add_argument("--sweep-keys", default=SWEEP_KEYS, help="comma-separated DxBLOCK_MxBLOCK_N to tune")
+    ap.add_argument("--sweep-only", action="store_true", help="print the tuned configs, skip the table")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--scoring-only", action="store_true", help="time block scoring + assignment at the Wan shape")
     ap.add_argument("--variants", action="store_true", help="time KERNEL_VARIANTS at the Wan shape, density 0.15")
     ap.add_argument("--variant-block-ns", default="64,32", help="key block sizes for --variants")
-    ap.add_argument("--variant-names", default=None, help="comma-separated subset of KERNEL_VARIANTS")
+    ap.add_argument("--variant-names", default=None,
+                    help="comma-separated subset of KERNEL_VARIANTS (with --scoring-only: of the scoring variants)")
     args = ap.parse_args()
     device = "cuda"
     gen = torch.Generator(device=device).manual_seed(0)
@@ -338,7 +369,7 @@ def main():
     if args.scoring_only:
         q, k, _, _ = inputs(SHAPES["wan"], device, gen)
         print(f"scoring+assignment at wan (ms): {scoring_time(q, k)}")
-        scoring_kernel_sweep(q, k, log)
+        scoring_kernel_sweep(q, k, log, args.variant_names.split(",") if args.variant_names else None)
         return
     if args.variants:
         names = args.variant_names.split(",") if args.variant_names else None
@@ -348,12 +379,15 @@ def main():
                 json.dump(rows, fh, indent=1)
         return
     result = {"rows": [], "dense": {}, "stages": {}, "config": None}
-    if args.sweep:
-        cfg = sweep(device, gen, log)
-        tuning.OVERRIDE = cfg
-        log(f"sweep best: {cfg}")
+    if args.sweep or args.sweep_only:
+        for key in args.sweep_keys.split(","):
+            dim, block_m, block_n = (int(x) for x in key.split("x"))
+            cfg = sweep((dim, block_m, block_n), device, gen, log)
+            tuning.MEASURED[(dim, block_m, block_n, "bfloat16")] = cfg  # this process only
+            log(f"sweep best for {(dim, block_m, block_n)}: {cfg}")
+        if args.sweep_only:
+            return
     result["config"] = repr(tuning.get_config(128, BLOCK_M, BLOCK_N, torch.bfloat16))
-    sweep_used = args.sweep
 
     flex = None
     if not args.no_flex:
@@ -408,7 +442,7 @@ def main():
                 st[f"fwd_eager_no_api_checks_heavy_first_{not cfg.heavy_first}"] = bench(
                     lambda: triton_pyramid_attention(qd, kd, vd, levels, BLOCK_M, BLOCK_N, scale))
                 st[f"fwd_bwd_heavy_first_{not cfg.heavy_first}"] = bench(fwd_bwd(ours, q, k, v, do))
-                tuning.OVERRIDE = None if not sweep_used else cfg
+                tuning.OVERRIDE = None
                 log(f"stages {name}@{d}: " + ", ".join(f"{a} {b:.3f}" for a, b in st.items()))
         if name == "wan":
             result["scoring"] = scoring_time(q, k)

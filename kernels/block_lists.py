@@ -7,7 +7,8 @@ offset (a cumsum over the row, chunk by chunk, so any number of key blocks works
 
 Transposed lists, per key block (b, h, j): the query blocks that see j at level 1. Only level 1
 is needed: the backward computes pooled-level key/value gradients in the query-stationary pass
-(see triton_backward.py), so the key-stationary pass walks level-1 pairs only.
+(see triton_backward.py), so the key-stationary pass walks level-1 pairs only. Only the backward
+reads them, so the autograd function builds them there (`with_transposed`).
 
 Work orders: query blocks (and key blocks) of each head sorted by work, heaviest first, so the
 long programs start early and short ones fill the tail; heads stay contiguous in the grid.
@@ -83,26 +84,30 @@ def _col_lists_kernel(LV, IDXT, CNTT, n_qb, n_kb, CHUNK: tl.constexpr):
 
 @dataclass
 class BlockPlan:
-    """Lists for one level map; every tensor int32 and contiguous."""
+    """Lists for one level map; every tensor int32 and contiguous. The transposed lists are
+    only needed by the backward: `build_plan(..., transposed=False)` leaves them None."""
 
     idx: torch.Tensor  # [BH, nI, nJ] key blocks of each query block, grouped by level
     cnt: torch.Tensor  # [BH, nI, 4] counts of levels 1, 2, 4, 8
     order: torch.Tensor | None  # [BH, nI] query blocks of each head, heaviest first (None: 0..nI-1)
-    idx_t: torch.Tensor  # [BH, nJ, nI] query blocks that see key block j at level 1
-    cnt_t: torch.Tensor  # [BH, nJ]
-    order_t: torch.Tensor | None  # [BH, nJ] key blocks of each head, most level-1 pairs first
-
-    def tensors(self):
-        return (self.idx, self.cnt, self.order, self.idx_t, self.cnt_t, self.order_t)
+    idx_t: torch.Tensor | None = None  # [BH, nJ, nI] query blocks that see key block j at level 1
+    cnt_t: torch.Tensor | None = None  # [BH, nJ]
+    order_t: torch.Tensor | None = None  # [BH, nJ] key blocks of each head, most level-1 pairs first
 
 
 def _chunk(n: int) -> int:
     return max(16, min(1024, 1 << (max(n, 1) - 1).bit_length()))
 
 
-def build_plan(levels: torch.Tensor, block_n: int, heavy_first: bool = True) -> BlockPlan:
-    """Lists of a contiguous integer level map [B, H, nI, nJ]: two launches, plus two argsorts
-    for the heavy-first orders (skipped with heavy_first=False: grid order is then i, j)."""
+def _heaviest_first(work: torch.Tensor, heavy_first: bool) -> torch.Tensor | None:
+    """Grid order per head, most work first (None: plain block order)."""
+    return torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32) if heavy_first else None
+
+
+def build_plan(levels: torch.Tensor, block_n: int, heavy_first: bool = True, transposed: bool = True) -> BlockPlan:
+    """Lists of a contiguous integer level map [B, H, nI, nJ]: one launch per direction, plus an
+    argsort each for the heavy-first orders (skipped with heavy_first=False: grid order is then
+    i, j). transposed=False builds only the forward's lists (`with_transposed` adds the rest)."""
     batch, heads, n_qb, n_kb = levels.shape
     bh = batch * heads
     dev = levels.device
@@ -110,11 +115,15 @@ def build_plan(levels: torch.Tensor, block_n: int, heavy_first: bool = True) -> 
     cnt = torch.empty((bh, n_qb, 4), dtype=torch.int32, device=dev)
     work = torch.empty((bh, n_qb), dtype=torch.int32, device=dev)
     _row_lists_kernel[(bh * n_qb,)](levels, idx, cnt, work, n_kb, BLOCK_N=block_n, CHUNK=_chunk(n_kb), num_warps=4)
-    idx_t = torch.empty((bh, n_kb, n_qb), dtype=torch.int32, device=dev)
-    cnt_t = torch.empty((bh, n_kb), dtype=torch.int32, device=dev)
+    plan = BlockPlan(idx, cnt, _heaviest_first(work, heavy_first))
+    return with_transposed(plan, levels, heavy_first) if transposed else plan
+
+
+def with_transposed(plan: BlockPlan, levels: torch.Tensor, heavy_first: bool = True) -> BlockPlan:
+    """`plan` plus the transposed (per key block, level 1) lists of the same level map."""
+    batch, heads, n_qb, n_kb = levels.shape
+    bh = batch * heads
+    idx_t = torch.empty((bh, n_kb, n_qb), dtype=torch.int32, device=levels.device)
+    cnt_t = torch.empty((bh, n_kb), dtype=torch.int32, device=levels.device)
     _col_lists_kernel[(n_kb, bh)](levels, idx_t, cnt_t, n_qb, n_kb, CHUNK=_chunk(n_qb), num_warps=4)
-    if not heavy_first:
-        return BlockPlan(idx, cnt, None, idx_t, cnt_t, None)
-    order = torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32)
-    order_t = torch.argsort(cnt_t, dim=1, descending=True, stable=True).to(torch.int32)
-    return BlockPlan(idx, cnt, order, idx_t, cnt_t, order_t)
+    return BlockPlan(plan.idx, plan.cnt, plan.order, idx_t, cnt_t, _heaviest_first(cnt_t, heavy_first))

@@ -1,15 +1,17 @@
 """Autograd glue: ``triton_pyramid_attention`` runs the Triton forward and backward kernels.
 
 Forward: lists (block_lists), pyramid (triton_pyramid), attention (triton_forward). The pooled
-pyramid, the lists and the base-2 LSE are saved for the backward (the pyramid is 0.875x the size
-of K and V together; recomputing it would cost one more pass over K and V).
+pyramid, the lists, the level map and the base-2 LSE are saved for the backward (the pyramid is
+0.875x the size of K and V together; recomputing it would cost one more pass over K and V). The
+transposed lists only the backward reads are built there, so forwards without gradients
+(inference, the first pass of activation checkpointing) never pay for them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .block_lists import BlockPlan, build_plan
+from .block_lists import BlockPlan, build_plan, with_transposed
 from .triton_backward import pyramid_backward
 from .triton_forward import pyramid_forward
 from .triton_pyramid import build_pyramid
@@ -20,22 +22,23 @@ class _PyramidAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, levels, block_m, block_n, sm_scale):
         cfg = get_config(q.shape[-1], block_m, block_n, q.dtype)
-        plan = build_plan(levels, block_n, cfg.heavy_first)
+        plan = build_plan(levels, block_n, cfg.heavy_first, transposed=False)
         pyramid = build_pyramid(k, v)
         out, lse = pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg)
         flat_pyramid = [t for pair in pyramid for t in pair]
-        ctx.save_for_backward(q, k, v, out, lse, *flat_pyramid, *plan.tensors())
+        ctx.save_for_backward(q, k, v, out, lse, *flat_pyramid, levels, plan.idx, plan.cnt, plan.order)
         ctx.args = (block_m, block_n, sm_scale)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out, lse, k2, v2, k4, v4, k8, v8, *plan_tensors = ctx.saved_tensors  # None stays None
+        q, k, v, out, lse, k2, v2, k4, v4, k8, v8, levels, idx, cnt, order = ctx.saved_tensors  # None stays None
         block_m, block_n, sm_scale = ctx.args
         cfg = get_config(q.shape[-1], block_m, block_n, q.dtype)
         pyramid = ((k2, v2), (k4, v4), (k8, v8))
+        plan = with_transposed(BlockPlan(idx, cnt, order), levels, cfg.heavy_first)
         dq, dk, dv = pyramid_backward(
-            q, k, v, out, lse, do.contiguous(), pyramid, BlockPlan(*plan_tensors),
+            q, k, v, out, lse, do.contiguous(), pyramid, plan,
             block_m, block_n, sm_scale, cfg,
         )
         return dq, dk, dv, None, None, None, None

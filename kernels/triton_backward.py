@@ -31,7 +31,10 @@ from .triton_forward import (
     LOG2E,
     _dot,
     _gathered_tile,
+    _tma_entry_rows,
     _tma_entry_tile,
+    _tma_level_tiles,
+    clean_flags,
     dot_precision,
     level1_descriptors,
     level_descriptors,
@@ -56,6 +59,18 @@ def _dq_step(q, do, lse, delta, dq, k, v, bias, qk_scale, DOT_PREC: tl.constexpr
     too, for the pooled-level key/value gradients."""
     qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale + bias[None, :]
     p = tl.math.exp2(qk - lse[:, None])
+    dp = _dot(do, tl.trans(v), DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+    return dq, p, ds
+
+
+@triton.jit
+def _dq_clean_step(q, do, lse, delta, dq, k, v, log2_n, qk_scale, DOT_PREC: tl.constexpr):
+    """`_dq_step` for a tile of whole pooled rows (constant bias log2(n): one fused
+    multiply-add per logit before the exponential)."""
+    raw = _dot(q, tl.trans(k), DOT_PREC)
+    p = tl.math.exp2(raw * qk_scale + (log2_n - lse)[:, None])
     dp = _dot(do, tl.trans(v), DOT_PREC)
     ds = p * (dp - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, DOT_PREC)
@@ -95,10 +110,20 @@ def _dq_level(
 def _dq_level_tma(
     q, do, lse, delta, dq, KD, VD, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
     S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
-    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr, CLEAN: tl.constexpr,
 ):
-    """`_dq_level` for a level whose entries load by TMA, tile by tile (`_tma_entry_tile`)."""
-    for it in tl.range(0, cnt * ((BLOCK_N // S) // TILE), num_stages=STAGES):
+    """`_dq_level` for a level whose entries load by TMA, tile by tile (`_tma_entry_tile`); with
+    CLEAN, tiles of whole key blocks take `_dq_clean_step` (as the forward's `_clean_step`)."""
+    first_masked, n_tiles = _tma_level_tiles(list_ptr, cnt, Lk, S, BLOCK_N, TILE, CLEAN)
+    if CLEAN:
+        for it in tl.range(0, first_masked, num_stages=STAGES):
+            k, v, first = _tma_entry_rows(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
+            dq, p, ds = _dq_clean_step(q, do, lse, delta, dq, k, v, tl.log2(S * 1.0), qk_scale, DOT_PREC)
+            if S > 1 and ATOMICS:
+                r = first + tl.arange(0, TILE)
+                _add_pooled_grads(DKB, DVB, q, do, p, ds, r, r < (Lk + S - 1) // S, bh, Lk, d, sm_scale, S,
+                                  HEAD_DIM, DOT_PREC)
+    for it in tl.range(first_masked, n_tiles, num_stages=1 if CLEAN else STAGES):
         k, v, r, valid, bias = _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
         dq, p, ds = _dq_step(q, do, lse, delta, dq, k, v, bias, qk_scale, DOT_PREC)
         if S > 1 and ATOMICS:
@@ -111,10 +136,11 @@ def _dq_any_level(
     q, do, lse, delta, dq, KB, VB, KD, VD, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
     S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr, USE_TMA: tl.constexpr,
+    CLEAN: tl.constexpr,
 ):
     if USE_TMA:
         return _dq_level_tma(q, do, lse, delta, dq, KD, VD, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
-                             S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, ATOMICS)
+                             S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, ATOMICS, CLEAN)
     else:
         return _dq_level(q, do, lse, delta, dq, KB, VB, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
                          S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, ATOMICS)
@@ -130,6 +156,7 @@ def _bwd_dq_kernel(
     TILE1: tl.constexpr, TILE2: tl.constexpr, TILE4: tl.constexpr, TILE8: tl.constexpr,
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, TMA1: tl.constexpr, TMA2: tl.constexpr,
     TMA4: tl.constexpr, TMA8: tl.constexpr, ATOMICS: tl.constexpr, REORDER: tl.constexpr,
+    CLEAN1: tl.constexpr, CLEAN2: tl.constexpr, CLEAN4: tl.constexpr, CLEAN8: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -153,13 +180,13 @@ def _bwd_dq_kernel(
     c4 = tl.load(CNT + row * 4 + 2)
     c8 = tl.load(CNT + row * 4 + 3)
     dq = _dq_any_level(q, do, lse, delta, dq, K1, V1, K1D, V1D, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale, d,
-                       1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS, TMA1)
+                       1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS, TMA1, CLEAN1)
     dq = _dq_any_level(q, do, lse, delta, dq, K2, V2, K2D, V2D, DK2, DV2, lst + c1, c2, bh, Lk, sm_scale, qk_scale,
-                       d, 2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, ATOMICS, TMA2)
+                       d, 2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, ATOMICS, TMA2, CLEAN2)
     dq = _dq_any_level(q, do, lse, delta, dq, K4, V4, K4D, V4D, DK4, DV4, lst + c1 + c2, c4, bh, Lk, sm_scale,
-                       qk_scale, d, 4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, ATOMICS, TMA4)
+                       qk_scale, d, 4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, ATOMICS, TMA4, CLEAN4)
     dq = _dq_any_level(q, do, lse, delta, dq, K8, V8, K8D, V8D, DK8, DV8, lst + c1 + c2 + c4, c8, bh, Lk, sm_scale,
-                       qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, ATOMICS, TMA8)
+                       qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, ATOMICS, TMA8, CLEAN8)
     tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_m[:, None])
 
 
@@ -271,7 +298,7 @@ def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, blo
         TILE1=tiles[0][1], TILE2=tiles[1][1], TILE4=tiles[2][1], TILE8=tiles[3][1],
         STAGES=cfg.dq_stages, DOT_PREC=dot_precision(q), TMA1=tiles[0][0], TMA2=tiles[1][0],
         TMA4=tiles[2][0], TMA8=tiles[3][0], ATOMICS=cfg.dq_pooled_atomics,
-        REORDER=plan.order is not None, num_warps=cfg.dq_warps,
+        REORDER=plan.order is not None, **clean_flags(cfg.dq_clean_levels, sm_scale), num_warps=cfg.dq_warps,
     )
     return dq
 

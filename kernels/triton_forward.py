@@ -7,7 +7,8 @@ time: row t belongs to entry e = t // R (R = block_n / s pooled rows per key blo
 row idx[e] * R + t % R. So several small pooled blocks share one tensor-core tile (eight 8-row
 level-8 blocks of block_n = 64 fill a 64-row tile), and a level-s block costs 1/s of a level-1
 block. Pooled row r stands for n_r = min(s, Lk - r*s) tokens: its logit gets + log2(n_r); rows
-past the pooled length and list padding get -inf. Saves the base-2 log-sum-exp for the backward.
+past the pooled length and list padding get -inf; TMA tiles of whole key blocks skip that
+per-column bias (`_clean_step`). Saves the base-2 log-sum-exp for the backward.
 A query block with an empty list writes zeros (and LSE 0, never read).
 """
 
@@ -62,20 +63,27 @@ def _gathered_tile(KB, VB, list_ptr, t0, n_rows, bh, Lk, d,
 
 
 @triton.jit
-def _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr):
+def _tma_entry_rows(KD, VD, list_ptr, it, bh, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr):
     """Tile `it` of a level whose entries load by TMA: each entry's R = block_n / s pooled rows
-    are contiguous, taken TILE (<= R) at a time. Returns K, V [TILE, D], the pooled rows, their
-    validity and logit bias; KD/VD describe level s as [B*H*ceil(Lk/s), D], so rows past this
-    head's pooled length hold the next head's keys (or zero fill past the tensor): not valid."""
+    are contiguous, taken TILE (<= R) at a time. Returns K, V [TILE, D] and the tile's first
+    pooled row; KD/VD describe level s as [B*H*ceil(Lk/s), D], so rows past this head's pooled
+    length hold the next head's keys (or zero fill past the tensor)."""
     R: tl.constexpr = BLOCK_N // S
     SUB: tl.constexpr = R // TILE
     Ls = (Lk + S - 1) // S
-    blk = tl.load(list_ptr + it // SUB)
-    first = blk * R + (it % SUB) * TILE
+    first = tl.load(list_ptr + it // SUB) * R + (it % SUB) * TILE
     k = KD.load([(bh * Ls + first).to(tl.int32), 0])
     v = VD.load([(bh * Ls + first).to(tl.int32), 0])
+    return k, v, first
+
+
+@triton.jit
+def _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr):
+    """`_tma_entry_rows` plus the pooled rows, their validity (rows past this head's pooled
+    length are not) and logit bias."""
+    k, v, first = _tma_entry_rows(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
     r = first + tl.arange(0, TILE)
-    valid = r < Ls
+    valid = r < (Lk + S - 1) // S
     return k, v, r, valid, _row_bias(r, valid, Lk, S)
 
 
@@ -89,6 +97,37 @@ def _softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_PREC: tl.constexpr
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _clean_step(q, k, v, log2_n, m_i, l_i, acc, qk_scale, DOT_PREC: tl.constexpr):
+    """`_softmax_step` for a tile of whole pooled rows (every row valid, standing for n tokens):
+    the bias is the constant log2(n), so the max is taken on the raw products and scale, bias
+    and shift are one fused multiply-add per logit (qk_scale > 0). The loop is bound by
+    instruction issue as much as by the tensor cores, so each op per logit counts."""
+    raw = _dot(q, tl.trans(k), DOT_PREC)
+    m_new = tl.maximum(m_i, tl.max(raw, 1) * qk_scale + log2_n)
+    p = tl.math.exp2(raw * qk_scale + (log2_n - m_new)[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _tma_level_tiles(list_ptr, cnt, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr,
+                     CLEAN: tl.constexpr):
+    """(first tile that needs the masked step, tile count) of a TMA level's cnt entries. With
+    CLEAN every tile is clean unless the head's partial last key block is listed (lists ascend:
+    it is then the last entry); without, every tile is masked."""
+    SUB: tl.constexpr = (BLOCK_N // S) // TILE
+    n_tiles = cnt * SUB
+    if CLEAN:
+        last = tl.load(list_ptr + tl.maximum(cnt - 1, 0), mask=cnt > 0, other=0)
+        partial = (cnt > 0) & ((last + 1) * BLOCK_N > Lk)
+        return n_tiles - tl.where(partial, SUB, 0), n_tiles
+    else:
+        return 0, n_tiles
 
 
 @triton.jit
@@ -109,9 +148,16 @@ def _fwd_level(
 def _fwd_level_tma(
     q, m_i, l_i, acc, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
     S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+    CLEAN: tl.constexpr,
 ):
-    """One level with tensor-memory-accelerator loads, tile by tile (`_tma_entry_tile`)."""
-    for it in tl.range(0, cnt * ((BLOCK_N // S) // TILE), num_stages=STAGES):
+    """One level with tensor-memory-accelerator loads, tile by tile (`_tma_entry_tile`); with
+    CLEAN, tiles of whole key blocks take `_clean_step` and only a partial last block is masked."""
+    first_masked, n_tiles = _tma_level_tiles(list_ptr, cnt, Lk, S, BLOCK_N, TILE, CLEAN)
+    if CLEAN:
+        for it in tl.range(0, first_masked, num_stages=STAGES):
+            k, v, first = _tma_entry_rows(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
+            m_i, l_i, acc = _clean_step(q, k, v, tl.log2(S * 1.0), m_i, l_i, acc, qk_scale, DOT_PREC)
+    for it in tl.range(first_masked, n_tiles, num_stages=1 if CLEAN else STAGES):
         k, v, r, valid, bias = _tma_entry_tile(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
         m_i, l_i, acc = _softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_PREC)
     return m_i, l_i, acc
@@ -121,11 +167,11 @@ def _fwd_level_tma(
 def _fwd_any_level(
     q, m_i, l_i, acc, KB, VB, KD, VD, list_ptr, cnt, bh, Lk, qk_scale, d,
     S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
-    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, CLEAN: tl.constexpr,
 ):
     if USE_TMA:
         return _fwd_level_tma(q, m_i, l_i, acc, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
-                              S, BLOCK_N, TILE, STAGES, DOT_PREC)
+                              S, BLOCK_N, TILE, STAGES, DOT_PREC, CLEAN)
     else:
         return _fwd_level(q, m_i, l_i, acc, KB, VB, list_ptr, cnt, bh, Lk, qk_scale, d,
                           S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC)
@@ -140,6 +186,7 @@ def _pyramid_fwd_kernel(
     TILE1: tl.constexpr, TILE2: tl.constexpr, TILE4: tl.constexpr, TILE8: tl.constexpr,
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, TMA1: tl.constexpr, TMA2: tl.constexpr,
     TMA4: tl.constexpr, TMA8: tl.constexpr, REORDER: tl.constexpr, Q_TMA: tl.constexpr,
+    CLEAN1: tl.constexpr, CLEAN2: tl.constexpr, CLEAN4: tl.constexpr, CLEAN8: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -164,13 +211,13 @@ def _pyramid_fwd_kernel(
     c4 = tl.load(CNT + row * 4 + 2)
     c8 = tl.load(CNT + row * 4 + 3)
     m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K1, V1, K1D, V1D, lst, c1, bh, Lk, qk_scale, d,
-                                   1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, TMA1)
+                                   1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, TMA1, CLEAN1)
     m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K2, V2, K2D, V2D, lst + c1, c2, bh, Lk, qk_scale, d,
-                                   2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, TMA2)
+                                   2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, TMA2, CLEAN2)
     m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K4, V4, K4D, V4D, lst + c1 + c2, c4, bh, Lk, qk_scale, d,
-                                   4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, TMA4)
+                                   4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, TMA4, CLEAN4)
     m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K8, V8, K8D, V8D, lst + c1 + c2 + c4, c8, bh, Lk,
-                                   qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, TMA8)
+                                   qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, TMA8, CLEAN8)
     nonempty = l_i > 0
     out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
     lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
@@ -188,6 +235,12 @@ def dot_precision(t: torch.Tensor) -> str:
     if t.device.type == "cpu":
         return "cpu"
     return "ieee" if t.dtype == torch.float32 else "tf32"
+
+
+def clean_flags(levels, sm_scale):
+    """CLEAN1..CLEAN8 kernel flags: which levels' TMA tiles take the bias-free clean step
+    (`_clean_step` takes the max before scaling, so it needs sm_scale > 0)."""
+    return {f"CLEAN{s}": s in levels and sm_scale > 0 for s in (1, 2, 4, 8)}
 
 
 def level1_descriptors(k, v, tile, block_n, enabled):
@@ -248,6 +301,7 @@ def pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg):
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim,
         TILE1=tiles[0][1], TILE2=tiles[1][1], TILE4=tiles[2][1], TILE8=tiles[3][1],
         STAGES=cfg.fwd_stages, DOT_PREC=dot_precision(q), TMA1=tiles[0][0], TMA2=tiles[1][0],
-        TMA4=tiles[2][0], TMA8=tiles[3][0], REORDER=plan.order is not None, Q_TMA=q_tma, num_warps=cfg.fwd_warps,
+        TMA4=tiles[2][0], TMA8=tiles[3][0], REORDER=plan.order is not None, Q_TMA=q_tma,
+        **clean_flags(cfg.fwd_clean_levels, sm_scale), num_warps=cfg.fwd_warps,
     )
     return out, lse

@@ -36,36 +36,53 @@ class KernelConfig:
     # the forward's query tile loaded by TMA into shared memory, where the tensor-core products
     # read it without a register copy (fewer spills; NOTES.md, second session)
     fwd_q_tma: bool = True
+    # levels whose TMA-loaded tiles of whole key blocks skip the per-column bias: one fused
+    # multiply-add per logit instead of three ops; a partial last key block is still masked
+    # (NOTES.md, third session: forward kernel 2.40 -> 2.30 ms at block_n 64 with 2 stages)
+    fwd_clean_levels: tuple[int, ...] = (1, 2, 4, 8)
+    dq_clean_levels: tuple[int, ...] = (1, 2, 4, 8)
     heavy_first: bool = True  # grid order by work (two argsorts per call) or plain block order
     dq_pooled_atomics: bool = True  # False only to time the dQ pass without them (wrong grads)
 
 
 def default_config(dim: int, block_m: int, block_n: int, dtype: torch.dtype) -> KernelConfig:
-    """Unmeasured keys: the shapes that won at D=128 (4-warp forward, 8-warp dQ, TMA)."""
-    warps = 8 if block_m == 128 else 4
+    """Unmeasured keys: what won the sweeps of the nearest measured keys (4-warp forward; the dQ
+    pass at 8 warps for D=128 with block_m 128, else 4; at D=64 128-query dK/dV tiles)."""
     if dtype == torch.float32:  # fp32 operands take twice the registers/shared memory
         small = (32, 32, 32, 32)
+        warps = 8 if block_m == 128 else 4
         return KernelConfig(small, warps, 2, small, warps, 1, 32, 32, 4, 1, False, False, False)
-    return KernelConfig(fwd_warps=4, fwd_stages=3, dq_warps=warps, dq_stages=3, dkdv_warps=4)
+    dq_warps = 8 if dim == 128 and block_m == 128 else 4
+    return KernelConfig(fwd_warps=4, fwd_stages=3, dq_warps=dq_warps, dq_stages=2, dkdv_warps=4,
+                        dkdv_msub=128 if dim == 64 else 64)
+
+
+def _measured(fwd, dq, dkdv, **other) -> KernelConfig:
+    """An entry from the sweep's winners: fwd (tiles, warps, stages), dq (warps, stages),
+    dkdv (ksub, msub, warps, stages); dQ tiles are 64 rows on every level."""
+    (fwd_tiles, fwd_warps, fwd_stages), (dq_warps, dq_stages), (ksub, msub, dkdv_warps, dkdv_stages) = fwd, dq, dkdv
+    return KernelConfig(fwd_tiles=fwd_tiles, fwd_warps=fwd_warps, fwd_stages=fwd_stages, dq_tiles=(64, 64, 64, 64),
+                        dq_warps=dq_warps, dq_stages=dq_stages, dkdv_ksub=ksub, dkdv_msub=msub,
+                        dkdv_warps=dkdv_warps, dkdv_stages=dkdv_stages, **other)
 
 
 # (D, block_m, block_n, dtype name) -> KernelConfig; from device sweeps (benchmarks/NOTES.md).
-# fp16 shares the bf16 entries (same tensor-core path).
+# fp16 shares the bf16 entries (same tensor-core path). H200, triton 3.6, `kernel_bench.py
+# --sweep-only --sweep-keys ...` of 2026-11-28, 22:13-22:27 UTC: per pass the fastest of the
+# SWEEP_* candidates by (time at density 0.15) + (time at density 1.0) / 6, at B=1, H=12,
+# L=32760 for D=128 and D=64. Every entry takes the bias-free step on whole key blocks.
+NARROW, WIDE = (64, 32, 32, 32), (64, 64, 64, 64)
 MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
-    # H200, triton 3.6, Wan shape, density 0.15 and 1.0 (sweeps of 2026-11-28, NOTES.md v2-v5;
-    # TMA-loaded query tile and pooled entries in the forward are KernelConfig defaults)
-    (128, 128, 64, "bfloat16"): KernelConfig(
-        fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=3,
-        dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3,
-        dkdv_ksub=64, dkdv_msub=64, dkdv_warps=4, dkdv_stages=2,
-    ),
+    (128, 128, 64, "bfloat16"): _measured((NARROW, 4, 2), (8, 3), (64, 64, 4, 2)),
     # block_n 32 (the Wan preset): the dQ pass gathers two 32-key level-1 entries per 64-row tile
     # instead of TMA tiles of one (dQ pass 6.54 -> 6.23 ms at density 0.15; NOTES.md, 20:58 UTC)
-    (128, 128, 32, "bfloat16"): KernelConfig(
-        fwd_tiles=(64, 64, 64, 64), fwd_warps=4, fwd_stages=3,
-        dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3, dq_tma=False,
-        dkdv_ksub=64, dkdv_msub=64, dkdv_warps=4, dkdv_stages=2,
-    ),
+    (128, 128, 32, "bfloat16"): _measured((NARROW, 8, 3), (8, 2), (64, 64, 4, 2), dq_tma=False),
+    (128, 128, 128, "bfloat16"): _measured((WIDE, 4, 3), (8, 2), (64, 64, 4, 2)),
+    (128, 64, 64, "bfloat16"): _measured((NARROW, 4, 2), (4, 2), (64, 64, 4, 2)),
+    (64, 128, 64, "bfloat16"): _measured((WIDE, 4, 3), (4, 2), (64, 128, 4, 2)),
+    (64, 128, 32, "bfloat16"): _measured((NARROW, 4, 3), (4, 2), (32, 128, 4, 2)),
+    (64, 128, 128, "bfloat16"): _measured((WIDE, 4, 3), (4, 2), (64, 128, 4, 2)),
+    (64, 64, 64, "bfloat16"): _measured((NARROW, 4, 3), (4, 2), (64, 64, 4, 2)),
 }
 
 # When set (benchmark variants), used for every launch.

@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("triton")
 
 from psa_train.kernels import mean_pool, pyramid_attention, reference_pyramid_attention  # noqa: E402
-from psa_train.kernels.block_lists import build_plan  # noqa: E402
+from psa_train.kernels.block_lists import build_plan, with_transposed  # noqa: E402
 from psa_train.kernels.triton_pyramid import build_pyramid  # noqa: E402
 
 LEVELS = torch.tensor([0, 1, 2, 4, 8])
@@ -89,6 +89,7 @@ CPU_CASES = [
     (1, 1, 140, 130, 128, torch.float16, 128, 64),  # Lk tail of 2 tokens: short pooled groups
     (2, 1, 100, 100, 64, torch.float32, 64, 128),  # one partial key block, fp32
     (1, 2, 70, 45, 128, torch.bfloat16, 64, 32),  # short keys: tail block inside level-8 groups
+    (1, 2, 128, 256, 64, torch.bfloat16, 64, 64),  # no tails: every TMA tile takes the bias-free step
 ]
 
 
@@ -109,13 +110,14 @@ def test_triton_matches_reference_cpu(case):
 @pytest.mark.parametrize(
     "change,block_n",
     [({"heavy_first": False}, 32), ({"fwd_pooled_tma": False, "dq_pooled_tma": True, "fwd_q_tma": False}, 64),
-     ({"fwd_tma": False, "dq_tma": False}, 128)],
-    ids=["plain-grid-order", "pooled-tile-swap", "no-level1-tma"],
+     ({"fwd_tma": False, "dq_tma": False}, 128), ({"fwd_clean_levels": (), "dq_clean_levels": ()}, 64)],
+    ids=["plain-grid-order", "pooled-tile-swap", "no-level1-tma", "every-tile-masked"],
 )
 def test_config_variants_compute_the_same_function_cpu(change, block_n):
     """Plain grid order (no argsorts); gathered pooled tiles and a pointer-loaded query tile in
-    the forward with per-entry TMA tiles in the dQ pass; pointer loads on level 1: each is the
-    same function (the defaults: TMA for the forward's query tile and pooled entries)."""
+    the forward with per-entry TMA tiles in the dQ pass; pointer loads on level 1; the masked
+    step on every tile: each is the same function (the defaults: TMA for the forward's query
+    tile and pooled entries, the bias-free step on whole key blocks)."""
     from psa_train.kernels import tuning
 
     tuning.OVERRIDE = tuning.replace(tuning.default_config(64, 64, block_n, torch.bfloat16), **change)
@@ -147,7 +149,9 @@ def test_empty_rows_give_zeros_and_zero_grads_cpu():
 def test_block_lists_match_a_python_scan():
     gen = torch.Generator().manual_seed(2)
     levels = LEVELS[torch.randint(0, 5, (2, 3, 5, 37), generator=gen)]
-    plan = build_plan(levels, 64)
+    forward_only = build_plan(levels, 64, transposed=False)
+    assert forward_only.idx_t is None and forward_only.cnt_t is None and forward_only.order_t is None
+    plan = with_transposed(forward_only, levels)
     lv = levels.reshape(6, 5, 37)
     for bh in range(6):
         for i in range(5):
@@ -161,6 +165,24 @@ def test_block_lists_match_a_python_scan():
             expect = [i for i in range(5) if lv[bh, i, j] == 1]
             assert plan.cnt_t[bh, j] == len(expect)
             assert plan.idx_t[bh, j, : len(expect)].tolist() == expect
+
+
+def test_transposed_lists_are_built_only_for_a_backward(monkeypatch):
+    """The forward builds only its own lists; the backward's transposed lists come with the
+    backward, so a forward without gradients (inference, checkpointing's first pass) skips them."""
+    from psa_train.kernels import triton_autograd
+
+    calls = []
+    monkeypatch.setattr(triton_autograd, "with_transposed", lambda *a, **kw: calls.append(1) or with_transposed(*a, **kw))
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 1, 64, 64, generator=gen, dtype=torch.bfloat16) for _ in range(3))
+    levels = random_levels(1, 1, 1, 2, gen, empty_block=False)
+    with torch.no_grad():
+        pyramid_attention(q, k, v, levels, 64, 32, backend="triton")
+    assert calls == []
+    q.requires_grad_(True)
+    pyramid_attention(q, k, v, levels, 64, 32, backend="triton").sum().backward()
+    assert calls == [1] and torch.isfinite(q.grad).all()
 
 
 def test_pyramid_matches_mean_pool():
