@@ -350,6 +350,8 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="tune configs first (--sweep-keys) and use them")
     ap.add_argument("--sweep-keys", default=SWEEP_KEYS, help="comma-separated DxBLOCK_MxBLOCK_N to tune")
     ap.add_argument("--sweep-only", action="store_true", help="print the tuned configs, skip the table")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="KernelConfig change applied to the tuned config of every key the table times")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--scoring-only", action="store_true", help="time block scoring + assignment at the Wan shape")
@@ -387,6 +389,7 @@ def main():
             log(f"sweep best for {(dim, block_m, block_n)}: {cfg}")
         if args.sweep_only:
             return
+    tuning.CHANGES = tuning.parse_overrides(args.set)
     result["config"] = repr(tuning.get_config(128, BLOCK_M, BLOCK_N, torch.bfloat16))
 
     flex = None

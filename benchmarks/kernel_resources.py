@@ -23,7 +23,6 @@ triton's shared memory per program (dynamic, bytes). ``stages`` is the kernel's 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import re
 import subprocess
@@ -101,20 +100,6 @@ def ptxas_usage(ptxas, ptx, name):
     return int(regs.group(1)), stores, loads, stack
 
 
-def parse_sets(items):
-    fields = {f.name for f in dataclasses.fields(tuning.KernelConfig)}
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise SystemExit(f"--set {item!r}: value must be a Python literal") from None
-    return out
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--block-n", type=int, default=64)
@@ -133,7 +118,7 @@ def main():
         sys.exit(f"kernel_resources: ptxas not found ({e}); set TRITON_PTXAS_PATH or install triton's CUDA tools")
 
     base = tuning.get_config(a.dim, a.block_m, a.block_n, torch.bfloat16)
-    tuning.OVERRIDE = dataclasses.replace(base, **parse_sets(a.set))
+    tuning.OVERRIDE = dataclasses.replace(base, **tuning.parse_overrides(a.set))
     print(f"sm_90 (ptxas {ptxas}), B=1 H={a.heads} L={a.seq_len} D={a.dim} bf16 "
           f"block_m={a.block_m} block_n={a.block_n}\n{tuning.OVERRIDE}\n")
     launches = record_launches(1, a.heads, a.seq_len, a.dim, a.block_m, a.block_n)

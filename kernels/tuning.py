@@ -8,6 +8,8 @@ sets ``OVERRIDE`` to time variants without editing the table.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 from dataclasses import dataclass, replace
 
 import torch
@@ -87,6 +89,25 @@ MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
 
 # When set (benchmark variants), used for every launch.
 OVERRIDE: KernelConfig | None = None
+# Field changes applied on top of whatever config a key gets (benchmark --set: one change timed
+# across keys that keep their own tuned entries).
+CHANGES: dict = {}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """KernelConfig changes from KEY=VALUE strings (values as Python literals), for the benchmark
+    scripts' --set options."""
+    fields = {f.name for f in dataclasses.fields(KernelConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--set {item!r}: value must be a Python literal") from None
+    return out
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -97,7 +118,8 @@ def get_config(dim: int, block_m: int, block_n: int, dtype: torch.dtype) -> Kern
     if OVERRIDE is not None:
         return OVERRIDE
     key = (dim, block_m, block_n, _dtype_name(dtype if dtype != torch.float16 else torch.bfloat16))
-    return MEASURED.get(key) or default_config(dim, block_m, block_n, dtype)
+    cfg = MEASURED.get(key) or default_config(dim, block_m, block_n, dtype)
+    return replace(cfg, **CHANGES) if CHANGES else cfg
 
 
-__all__ = ["KernelConfig", "MEASURED", "OVERRIDE", "default_config", "get_config", "replace"]
+__all__ = ["CHANGES", "KernelConfig", "MEASURED", "OVERRIDE", "default_config", "get_config", "parse_overrides", "replace"]
