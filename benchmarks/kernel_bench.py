@@ -321,7 +321,7 @@ def scoring_kernel_sweep(q, k, log, only=None):
     for block_n in (64, 32):
         qt = _sample_tables(q.shape[2], BLOCK_M, 0.25, str(q.device))
         kt = _sample_tables(k.shape[2], block_n, 0.25, str(k.device))
-        tables = (qt.rows, qt.valid_i8, kt.rows, kt.valid_i8, scale, "max", True)
+        tables = (qt.rows, qt.valid, kt.rows, kt.valid, scale, "max", True)
         full = {"k_full_blocks": kt.full_blocks}
         reference = None
         for name, options in variants.items():
@@ -337,7 +337,7 @@ def scoring_kernel_sweep(q, k, log, only=None):
         label = f"scoring kernel block_n={block_n} pass 1 only (block sums to the scratch; contiguous loads, fp32)"
         try:
             run = functools.partial(block_sums, qd, kd, qt.rows.flatten(), kt.rows.flatten(),
-                                    kt.valid_i8.flatten(), kt.rows.shape[1], scale, **full)
+                                    kt.valid.flatten(), kt.rows.shape[1], scale, **full)
             log(f"{label}: {bench(run, rep=100):.3f} ms")
         except Exception as exc:  # noqa: BLE001
             log(f"{label}: FAILED {exc!r:.160}")

@@ -9,8 +9,7 @@ sets ``OVERRIDE`` to time variants without editing the table.
 from __future__ import annotations
 
 import ast
-import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -97,12 +96,12 @@ CHANGES: dict = {}
 def parse_overrides(items: list[str]) -> dict:
     """KernelConfig changes from KEY=VALUE strings (values as Python literals), for the benchmark
     scripts' --set options."""
-    fields = {f.name for f in dataclasses.fields(KernelConfig)}
+    names = {f.name for f in fields(KernelConfig)}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        if not sep or key not in names:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(names)}")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

@@ -107,5 +107,5 @@ def test_sample_tables_are_cached_per_device():
     again = padded_samples(1000, 64, 0.25, torch.device("cpu"))
     assert again[0] is rows and again[1] is valid
     tables = scoring._sample_tables(1000, 64, 0.25, "cpu")
-    assert tables.valid_i8.dtype == torch.int8 and torch.equal(tables.valid_i8.bool(), valid)
+    assert tables.valid is valid
     assert torch.equal(tables.counts.squeeze(-1), valid.sum(-1).float())

@@ -27,7 +27,7 @@ def _fused(q, k, block_m, block_n, fraction, reduction, normalize=True, **option
     kt = _sample_tables(k.shape[2], block_n, fraction, str(k.device))
     scale = 1 / math.sqrt(q.shape[-1])
     options = {"k_full_blocks": kt.full_blocks, **options}
-    return block_scores_triton(q, k, qt.rows, qt.valid_i8, kt.rows, kt.valid_i8, scale, reduction, normalize,
+    return block_scores_triton(q, k, qt.rows, qt.valid, kt.rows, kt.valid, scale, reduction, normalize,
                                **options)
 
 

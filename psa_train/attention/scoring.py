@@ -52,7 +52,6 @@ def padded_samples(length: int, block: int, fraction: float, device=None) -> tup
 class _SampleTables(NamedTuple):
     rows: torch.Tensor  # [blocks, slots] int64 token of each slot (0 where unused)
     valid: torch.Tensor  # [blocks, slots] bool
-    valid_i8: torch.Tensor  # the same as int8, what the Triton kernel reads
     counts: torch.Tensor  # [blocks, 1] valid slots per block (float32), for the mean
     full_blocks: int  # leading blocks with every slot valid (the kernel skips their masking)
 
@@ -62,7 +61,7 @@ def _sample_tables(length: int, block: int, fraction: float, device: str) -> _Sa
     rows, valid = _padded_samples_cpu(length, block, fraction)
     full_blocks = int(valid.all(-1).int().cumprod(0).sum())
     rows, valid = rows.to(device), valid.to(device)
-    return _SampleTables(rows, valid, valid.to(torch.int8), valid.sum(-1, keepdim=True).float(), full_blocks)
+    return _SampleTables(rows, valid, valid.sum(-1, keepdim=True).float(), full_blocks)
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,8 +134,7 @@ def block_scores(
         raise ValueError(f"backend must be one of ('auto', 'triton', 'torch'), got {backend!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
 
-    device = str(q.device)
-    q_tab = _sample_tables(q.shape[2], block_m, sample_fraction, device)
+    q_tab = _sample_tables(q.shape[2], block_m, sample_fraction, str(q.device))
     k_tab = _sample_tables(k.shape[2], block_n, sample_fraction, str(k.device))
     if backend == "auto":
         compiled = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
@@ -145,7 +143,7 @@ def block_scores(
         # triton is imported only where used
         from psa_train.kernels.triton_block_scores import block_scores_triton
 
-        return block_scores_triton(q, k, q_tab.rows, q_tab.valid_i8, k_tab.rows, k_tab.valid_i8, scale,
+        return block_scores_triton(q, k, q_tab.rows, q_tab.valid, k_tab.rows, k_tab.valid, scale,
                                    reduction, normalize, k_tab.full_blocks)
     slots = k_tab.rows.shape[1]
     lse = _block_lse_torch(q, k, q_tab.rows.flatten(), k_tab.rows.flatten(), k_tab.valid.flatten(), slots, scale,
