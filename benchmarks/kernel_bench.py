@@ -108,14 +108,14 @@ def inputs(shape, device, gen):
 def stage_times(q, k, v, do, levels, cfg, scale, only=None, rep=300, block_n=BLOCK_N, block_m=BLOCK_M):
     """Each stage of our forward and backward timed alone (ms); `only` picks one stage."""
     qd, kd, vd = (t.detach() for t in (q, k, v))
-    plan = build_plan(levels, block_n)
+    plan = build_plan(levels, block_n, cfg.heavy_first)  # the grid order the config asks for
     pyr = build_pyramid(kd, vd)
     out, lse = pyramid_forward(qd, kd, vd, pyr, plan, block_m, block_n, scale, cfg)
     delta = launch_delta(out, do)
     pooled = pooled_grad_buffers(kd)
     stages = {
-        "lists": lambda: build_plan(levels, block_n, transposed=False),
-        "transposed_lists": lambda: with_transposed(plan, levels),
+        "lists": lambda: build_plan(levels, block_n, cfg.heavy_first, transposed=False),
+        "transposed_lists": lambda: with_transposed(plan, levels, cfg.heavy_first),
         "pyramid": lambda: build_pyramid(kd, vd),
         "fwd_kernel": lambda: pyramid_forward(qd, kd, vd, pyr, plan, block_m, block_n, scale, cfg),
         "delta": lambda: launch_delta(out, do),
