@@ -21,30 +21,35 @@ from dataclasses import dataclass
 import torch
 import triton.language as tl
 
+from .api import LEVEL_VALUES
 from .triton_launch import kernel
 
 
 @kernel
-def _row_lists_kernel(LV, IDX, CNT, WORK, n_kb, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+def _row_lists_kernel(LV, IDX, CNT, WORK, LEVELS_OK, n_kb, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = row * n_kb
     c1 = tl.full([], 0, tl.int32)
     c2 = tl.full([], 0, tl.int32)
     c4 = tl.full([], 0, tl.int32)
     c8 = tl.full([], 0, tl.int32)
-    for c0 in range(0, n_kb, CHUNK):
-        j = c0 + tl.arange(0, CHUNK)
-        lv = tl.load(LV + base + j, mask=j < n_kb, other=0)
+    c0 = tl.full([], 0, tl.int32)
+    for start in range(0, n_kb, CHUNK):
+        j = start + tl.arange(0, CHUNK)
+        lv = tl.load(LV + base + j, mask=j < n_kb, other=-1)
+        c0 += tl.sum((lv == 0).to(tl.int32), axis=0)
         c1 += tl.sum((lv == 1).to(tl.int32), axis=0)
         c2 += tl.sum((lv == 2).to(tl.int32), axis=0)
         c4 += tl.sum((lv == 4).to(tl.int32), axis=0)
         c8 += tl.sum((lv == 8).to(tl.int32), axis=0)
+    # a value outside {0, 1, 2, 4, 8} is counted by none of them; the caller asserts LEVELS_OK
+    tl.store(LEVELS_OK, 0, mask=c0 + c1 + c2 + c4 + c8 != n_kb)
     o1 = tl.full([], 0, tl.int32)
     o2 = c1
     o4 = c1 + c2
     o8 = c1 + c2 + c4
-    for c0 in range(0, n_kb, CHUNK):
-        j = c0 + tl.arange(0, CHUNK)
+    for start in range(0, n_kb, CHUNK):
+        j = start + tl.arange(0, CHUNK)
         lv = tl.load(LV + base + j, mask=j < n_kb, other=0)
         s1 = (lv == 1).to(tl.int32)
         tl.store(IDX + base + o1 + tl.cumsum(s1, axis=0) - 1, j, mask=s1 > 0)
@@ -82,6 +87,23 @@ def _col_lists_kernel(LV, IDXT, CNTT, n_qb, n_kb, CHUNK: tl.constexpr):
     tl.store(CNTT + bh * n_kb + j, c)
 
 
+@kernel
+def _rank_kernel(WORK, ORDER, n, BLOCK: tl.constexpr):
+    """ORDER[h, rank] = i with items ranked by descending WORK[h, i], ties by index (what a
+    stable descending argsort gives). One program per BLOCK items of a head: rank_i counts
+    the items that come before i, chunk by chunk."""
+    h = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    w_i = tl.load(WORK + h * n + i, mask=i < n, other=0)
+    rank = tl.zeros([BLOCK], tl.int32)
+    for c0 in range(0, n, BLOCK):
+        j = c0 + tl.arange(0, BLOCK)
+        w_j = tl.load(WORK + h * n + j, mask=j < n, other=0)
+        before = (w_j[None, :] > w_i[:, None]) | ((w_j[None, :] == w_i[:, None]) & (j[None, :] < i[:, None]))
+        rank += tl.sum((before & (j < n)[None, :]).to(tl.int32), axis=1)
+    tl.store(ORDER + h * n + rank, i, mask=i < n)
+
+
 @dataclass
 class BlockPlan:
     """Lists for one level map; every tensor int32 and contiguous. The transposed lists are
@@ -100,21 +122,36 @@ def _chunk(n: int) -> int:
 
 
 def _heaviest_first(work: torch.Tensor, heavy_first: bool) -> torch.Tensor | None:
-    """Grid order per head, most work first (None: plain block order)."""
-    return torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32) if heavy_first else None
+    """Grid order per head, most work first, ties in block order (None: plain block order).
+    One launch (a stable argsort takes a sort and a cast)."""
+    if not heavy_first:
+        return None
+    heads, n = work.shape
+    order = torch.empty_like(work)
+    block = min(128, max(16, 1 << (n - 1).bit_length()))
+    _rank_kernel[(heads, -(-n // block))](work, order, n, BLOCK=block, num_warps=4)
+    return order
 
 
 def build_plan(levels: torch.Tensor, block_n: int, heavy_first: bool = True, transposed: bool = True) -> BlockPlan:
-    """Lists of a contiguous integer level map [B, H, nI, nJ]: one launch per direction, plus an
-    argsort each for the heavy-first orders (skipped with heavy_first=False: grid order is then
-    i, j). transposed=False builds only the forward's lists (`with_transposed` adds the rest)."""
+    """Lists of a contiguous integer level map [B, H, nI, nJ]: one launch per direction, plus a
+    ranking launch each for the heavy-first orders (skipped with heavy_first=False: grid order
+    is then i, j). transposed=False builds only the forward's lists (`with_transposed` adds the
+    rest). A value outside {0, 1, 2, 4, 8} fails a device-side assert on CUDA (the host is not
+    stalled to read it back) and raises ValueError on CPU."""
     batch, heads, n_qb, n_kb = levels.shape
     bh = batch * heads
     dev = levels.device
     idx = torch.empty((bh, n_qb, n_kb), dtype=torch.int32, device=dev)
     cnt = torch.empty((bh, n_qb, 4), dtype=torch.int32, device=dev)
     work = torch.empty((bh, n_qb), dtype=torch.int32, device=dev)
-    _row_lists_kernel[(bh * n_qb,)](levels, idx, cnt, work, n_kb, BLOCK_N=block_n, CHUNK=_chunk(n_kb), num_warps=4)
+    levels_ok = torch.ones((), dtype=torch.int32, device=dev)
+    _row_lists_kernel[(bh * n_qb,)](levels, idx, cnt, work, levels_ok, n_kb, BLOCK_N=block_n, CHUNK=_chunk(n_kb),
+                                    num_warps=4)
+    if dev.type == "cuda":
+        torch._assert_async(levels_ok, f"levels may only hold {LEVEL_VALUES}")
+    elif not levels_ok.item():
+        raise ValueError(f"levels may only hold {LEVEL_VALUES}")
     plan = BlockPlan(idx, cnt, _heaviest_first(work, heavy_first))
     return with_transposed(plan, levels, heavy_first) if transposed else plan
 

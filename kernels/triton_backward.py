@@ -30,6 +30,8 @@ import triton.language as tl
 from .triton_forward import (
     LOG2E,
     _dot,
+    _gathered_clean_tiles,
+    _gathered_rows,
     _gathered_tile,
     _tma_entry_rows,
     _tma_entry_tile,
@@ -93,12 +95,21 @@ def _add_pooled_grads(DKB, DVB, q, do, p, ds, r, valid, bh, Lk, d, sm_scale,
 def _dq_level(
     q, do, lse, delta, dq, KB, VB, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
     S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
-    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, ATOMICS: tl.constexpr, CLEAN: tl.constexpr,
 ):
     """dQ of one query tile over one level's packed rows (`_gathered_tile`); pooled levels also
-    add dK̄, dV̄ (ATOMICS=False drops those, for timing only: the gradients are then wrong)."""
+    add dK̄, dV̄ (ATOMICS=False drops those, for timing only: the gradients are then wrong).
+    With CLEAN, full tiles of whole pooled rows take `_dq_clean_step` (as in the forward)."""
     n_rows = cnt * (BLOCK_N // S)
-    for t0 in tl.range(0, n_rows, TILE, num_stages=STAGES):
+    first_masked = 0
+    if CLEAN:
+        first_masked = _gathered_clean_tiles(list_ptr, cnt, Lk, S, BLOCK_N, TILE)
+        for it in tl.range(0, first_masked, num_stages=STAGES):
+            k, v, r = _gathered_rows(KB, VB, list_ptr, it * TILE, bh, Lk, d, S, BLOCK_N, HEAD_DIM, TILE)
+            dq, p, ds = _dq_clean_step(q, do, lse, delta, dq, k, v, tl.log2(S * 1.0), qk_scale, DOT_PREC)
+            if S > 1 and ATOMICS:
+                _add_pooled_grads(DKB, DVB, q, do, p, ds, r, r >= 0, bh, Lk, d, sm_scale, S, HEAD_DIM, DOT_PREC)
+    for t0 in tl.range(first_masked * TILE, n_rows, TILE, num_stages=1 if CLEAN else STAGES):
         k, v, r, valid, bias = _gathered_tile(KB, VB, list_ptr, t0, n_rows, bh, Lk, d, S, BLOCK_N, HEAD_DIM, TILE)
         dq, p, ds = _dq_step(q, do, lse, delta, dq, k, v, bias, qk_scale, DOT_PREC)
         if S > 1 and ATOMICS:
@@ -143,7 +154,7 @@ def _dq_any_level(
                              S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, ATOMICS, CLEAN)
     else:
         return _dq_level(q, do, lse, delta, dq, KB, VB, DKB, DVB, list_ptr, cnt, bh, Lk, sm_scale, qk_scale, d,
-                         S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, ATOMICS)
+                         S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, ATOMICS, CLEAN)
 
 
 @kernel

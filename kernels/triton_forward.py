@@ -7,8 +7,9 @@ time: row t belongs to entry e = t // R (R = block_n / s pooled rows per key blo
 row idx[e] * R + t % R. So several small pooled blocks share one tensor-core tile (eight 8-row
 level-8 blocks of block_n = 64 fill a 64-row tile), and a level-s block costs 1/s of a level-1
 block. Pooled row r stands for n_r = min(s, Lk - r*s) tokens: its logit gets + log2(n_r); rows
-past the pooled length and list padding get -inf; TMA tiles of whole key blocks skip that
-per-column bias (`_clean_step`). Saves the base-2 log-sum-exp for the backward.
+past the pooled length and list padding get -inf; tiles of whole pooled rows (TMA or gathered)
+skip that per-column bias (`_clean_step`), and may go two per softmax update
+(`_clean_pair_step`). Saves the base-2 log-sum-exp for the backward.
 A query block with an empty list writes zeros (and LSE 0, never read).
 """
 
@@ -24,12 +25,13 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _dot(a, b, DOT_PREC: tl.constexpr):
-    """tl.dot; DOT_PREC "cpu" (interpreter) multiplies in fp32: its half-precision dot is wrong."""
+def _dot(a, b, DOT_PREC: tl.constexpr, acc=None):
+    """tl.dot (plus acc); DOT_PREC "cpu" (interpreter) multiplies in fp32: its half-precision
+    dot is wrong."""
     if DOT_PREC == "cpu":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     else:
-        return tl.dot(a, b, input_precision=DOT_PREC)
+        return tl.dot(a, b, acc, input_precision=DOT_PREC)
 
 
 @triton.jit
@@ -60,6 +62,19 @@ def _gathered_tile(KB, VB, list_ptr, t0, n_rows, bh, Lk, d,
     k = tl.load(KB + kv_off, mask=valid[:, None], other=0.0)
     v = tl.load(VB + kv_off, mask=valid[:, None], other=0.0)
     return k, v, r, valid, _row_bias(r, valid, Lk, S)
+
+
+@triton.jit
+def _gathered_rows(KB, VB, list_ptr, t0, bh, Lk, d,
+                   S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr):
+    """`_gathered_tile` for a tile of whole pooled rows (no masks, no bias): K, V [TILE, D] and
+    the pooled rows."""
+    R = BLOCK_N // S
+    Ls = (Lk + S - 1) // S
+    t = t0 + tl.arange(0, TILE)
+    r = tl.load(list_ptr + t // R) * R + t % R
+    kv_off = bh * Ls * HEAD_DIM + r[:, None] * HEAD_DIM + d[None, :]
+    return tl.load(KB + kv_off), tl.load(VB + kv_off), r
 
 
 @triton.jit
@@ -115,6 +130,34 @@ def _clean_step(q, k, v, log2_n, m_i, l_i, acc, qk_scale, DOT_PREC: tl.constexpr
 
 
 @triton.jit
+def _clean_pair_step(q, ka, va, kb, vb, log2_n, m_i, l_i, acc, qk_scale, DOT_PREC: tl.constexpr):
+    """`_clean_step` over two key tiles with one softmax update: the running max, the rescale
+    of the output and the row sums are paid once per pair. Narrow pooled tiles (32 rows) spend
+    as many ops rescaling the [BLOCK_M, D] output as on their logits."""
+    raw_a = _dot(q, tl.trans(ka), DOT_PREC)
+    raw_b = _dot(q, tl.trans(kb), DOT_PREC)
+    m_new = tl.maximum(m_i, tl.maximum(tl.max(raw_a, 1), tl.max(raw_b, 1)) * qk_scale + log2_n)
+    shift = (log2_n - m_new)[:, None]
+    p_a = tl.math.exp2(raw_a * qk_scale + shift)
+    p_b = tl.math.exp2(raw_b * qk_scale + shift)
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p_a, 1) + tl.sum(p_b, 1)
+    acc = _dot(p_a.to(va.dtype), va, DOT_PREC, acc * alpha[:, None])
+    acc = _dot(p_b.to(vb.dtype), vb, DOT_PREC, acc)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _gathered_clean_tiles(list_ptr, cnt, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr):
+    """Leading tiles of a gathered level made of whole pooled rows only: every entry but a
+    partial last key block (lists ascend: it can only be the last entry), full tiles only."""
+    R: tl.constexpr = BLOCK_N // S
+    last = tl.load(list_ptr + tl.maximum(cnt - 1, 0), mask=cnt > 0, other=0)
+    whole = tl.where((cnt > 0) & ((last + 1) * BLOCK_N > Lk), cnt - 1, cnt)
+    return (whole * R) // TILE
+
+
+@triton.jit
 def _tma_level_tiles(list_ptr, cnt, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr,
                      CLEAN: tl.constexpr):
     """(first tile that needs the masked step, tile count) of a TMA level's cnt entries. With
@@ -134,11 +177,24 @@ def _tma_level_tiles(list_ptr, cnt, Lk, S: tl.constexpr, BLOCK_N: tl.constexpr, 
 def _fwd_level(
     q, m_i, l_i, acc, KB, VB, list_ptr, cnt, bh, Lk, qk_scale, d,
     S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
-    STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
+    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, CLEAN: tl.constexpr, PAIR: tl.constexpr,
 ):
-    """One level over the packed pooled rows of its entries (`_gathered_tile`)."""
+    """One level over the packed pooled rows of its entries (`_gathered_tile`); with CLEAN the
+    full tiles of whole pooled rows take the bias-free step, with PAIR two at a time."""
     n_rows = cnt * (BLOCK_N // S)
-    for t0 in tl.range(0, n_rows, TILE, num_stages=STAGES):
+    first_masked = 0
+    if CLEAN:
+        first_masked = _gathered_clean_tiles(list_ptr, cnt, Lk, S, BLOCK_N, TILE)
+        log2_n = tl.log2(S * 1.0)
+        n_pairs = first_masked // 2 if PAIR else 0
+        for it in tl.range(0, n_pairs, num_stages=STAGES):
+            ka, va, _ = _gathered_rows(KB, VB, list_ptr, 2 * it * TILE, bh, Lk, d, S, BLOCK_N, HEAD_DIM, TILE)
+            kb, vb, _ = _gathered_rows(KB, VB, list_ptr, (2 * it + 1) * TILE, bh, Lk, d, S, BLOCK_N, HEAD_DIM, TILE)
+            m_i, l_i, acc = _clean_pair_step(q, ka, va, kb, vb, log2_n, m_i, l_i, acc, qk_scale, DOT_PREC)
+        for it in tl.range(2 * n_pairs, first_masked, num_stages=1 if PAIR else STAGES):
+            k, v, _ = _gathered_rows(KB, VB, list_ptr, it * TILE, bh, Lk, d, S, BLOCK_N, HEAD_DIM, TILE)
+            m_i, l_i, acc = _clean_step(q, k, v, log2_n, m_i, l_i, acc, qk_scale, DOT_PREC)
+    for t0 in tl.range(first_masked * TILE, n_rows, TILE, num_stages=1 if CLEAN else STAGES):
         k, v, r, valid, bias = _gathered_tile(KB, VB, list_ptr, t0, n_rows, bh, Lk, d, S, BLOCK_N, HEAD_DIM, TILE)
         m_i, l_i, acc = _softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_PREC)
     return m_i, l_i, acc
@@ -148,13 +204,19 @@ def _fwd_level(
 def _fwd_level_tma(
     q, m_i, l_i, acc, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
     S: tl.constexpr, BLOCK_N: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, DOT_PREC: tl.constexpr,
-    CLEAN: tl.constexpr,
+    CLEAN: tl.constexpr, PAIR: tl.constexpr,
 ):
     """One level with tensor-memory-accelerator loads, tile by tile (`_tma_entry_tile`); with
-    CLEAN, tiles of whole key blocks take `_clean_step` and only a partial last block is masked."""
+    CLEAN, tiles of whole key blocks take `_clean_step` (with PAIR two tiles per softmax update)
+    and only a partial last block is masked."""
     first_masked, n_tiles = _tma_level_tiles(list_ptr, cnt, Lk, S, BLOCK_N, TILE, CLEAN)
     if CLEAN:
-        for it in tl.range(0, first_masked, num_stages=STAGES):
+        n_pairs = first_masked // 2 if PAIR else 0
+        for it in tl.range(0, n_pairs, num_stages=STAGES):
+            ka, va, _ = _tma_entry_rows(KD, VD, list_ptr, 2 * it, bh, Lk, S, BLOCK_N, TILE)
+            kb, vb, _ = _tma_entry_rows(KD, VD, list_ptr, 2 * it + 1, bh, Lk, S, BLOCK_N, TILE)
+            m_i, l_i, acc = _clean_pair_step(q, ka, va, kb, vb, tl.log2(S * 1.0), m_i, l_i, acc, qk_scale, DOT_PREC)
+        for it in tl.range(2 * n_pairs, first_masked, num_stages=1 if PAIR else STAGES):
             k, v, first = _tma_entry_rows(KD, VD, list_ptr, it, bh, Lk, S, BLOCK_N, TILE)
             m_i, l_i, acc = _clean_step(q, k, v, tl.log2(S * 1.0), m_i, l_i, acc, qk_scale, DOT_PREC)
     for it in tl.range(first_masked, n_tiles, num_stages=1 if CLEAN else STAGES):
@@ -168,13 +230,14 @@ def _fwd_any_level(
     q, m_i, l_i, acc, KB, VB, KD, VD, list_ptr, cnt, bh, Lk, qk_scale, d,
     S: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, CLEAN: tl.constexpr,
+    PAIR: tl.constexpr,
 ):
     if USE_TMA:
         return _fwd_level_tma(q, m_i, l_i, acc, KD, VD, list_ptr, cnt, bh, Lk, qk_scale,
-                              S, BLOCK_N, TILE, STAGES, DOT_PREC, CLEAN)
+                              S, BLOCK_N, TILE, STAGES, DOT_PREC, CLEAN, PAIR)
     else:
         return _fwd_level(q, m_i, l_i, acc, KB, VB, list_ptr, cnt, bh, Lk, qk_scale, d,
-                          S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC)
+                          S, BLOCK_N, HEAD_DIM, TILE, STAGES, DOT_PREC, CLEAN, PAIR)
 
 
 @kernel
@@ -187,6 +250,7 @@ def _pyramid_fwd_kernel(
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, TMA1: tl.constexpr, TMA2: tl.constexpr,
     TMA4: tl.constexpr, TMA8: tl.constexpr, REORDER: tl.constexpr, Q_TMA: tl.constexpr,
     CLEAN1: tl.constexpr, CLEAN2: tl.constexpr, CLEAN4: tl.constexpr, CLEAN8: tl.constexpr,
+    PAIR1: tl.constexpr, PAIR2: tl.constexpr, PAIR4: tl.constexpr, PAIR8: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -211,13 +275,13 @@ def _pyramid_fwd_kernel(
     c4 = tl.load(CNT + row * 4 + 2)
     c8 = tl.load(CNT + row * 4 + 3)
     m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K1, V1, K1D, V1D, lst, c1, bh, Lk, qk_scale, d,
-                                   1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, TMA1, CLEAN1)
+                                   1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, TMA1, CLEAN1, PAIR1)
     m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K2, V2, K2D, V2D, lst + c1, c2, bh, Lk, qk_scale, d,
-                                   2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, TMA2, CLEAN2)
+                                   2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, TMA2, CLEAN2, PAIR2)
     m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K4, V4, K4D, V4D, lst + c1 + c2, c4, bh, Lk, qk_scale, d,
-                                   4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, TMA4, CLEAN4)
+                                   4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, TMA4, CLEAN4, PAIR4)
     m_i, l_i, acc = _fwd_any_level(q, m_i, l_i, acc, K8, V8, K8D, V8D, lst + c1 + c2 + c4, c8, bh, Lk,
-                                   qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, TMA8, CLEAN8)
+                                   qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, TMA8, CLEAN8, PAIR8)
     nonempty = l_i > 0
     out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
     lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
@@ -238,9 +302,15 @@ def dot_precision(t: torch.Tensor) -> str:
 
 
 def clean_flags(levels, sm_scale):
-    """CLEAN1..CLEAN8 kernel flags: which levels' TMA tiles take the bias-free clean step
+    """CLEAN1..CLEAN8 kernel flags: which levels' tiles of whole pooled rows (TMA tiles in both
+    passes, gathered tiles in the forward) take the bias-free clean step
     (`_clean_step` takes the max before scaling, so it needs sm_scale > 0)."""
     return {f"CLEAN{s}": s in levels and sm_scale > 0 for s in (1, 2, 4, 8)}
+
+
+def pair_flags(levels):
+    """PAIR1..PAIR8 kernel flags: which levels' clean tiles go two per softmax update."""
+    return {f"PAIR{s}": s in levels for s in (1, 2, 4, 8)}
 
 
 def level1_descriptors(k, v, tile, block_n, enabled):
@@ -302,6 +372,6 @@ def pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg):
         TILE1=tiles[0][1], TILE2=tiles[1][1], TILE4=tiles[2][1], TILE8=tiles[3][1],
         STAGES=cfg.fwd_stages, DOT_PREC=dot_precision(q), TMA1=tiles[0][0], TMA2=tiles[1][0],
         TMA4=tiles[2][0], TMA8=tiles[3][0], REORDER=plan.order is not None, Q_TMA=q_tma,
-        **clean_flags(cfg.fwd_clean_levels, sm_scale), num_warps=cfg.fwd_warps,
+        **clean_flags(cfg.fwd_clean_levels, sm_scale), **pair_flags(cfg.fwd_pair_levels), num_warps=cfg.fwd_warps,
     )
     return out, lse

@@ -47,7 +47,7 @@ def _pool_kernel(K, V, K2, V2, K4, V4, K8, V8, Lk, HEAD_DIM: tl.constexpr, CHUNK
     _pool_level(V, V8, c, bh, Lk, d, 8, CHUNK, HEAD_DIM)
 
 
-def build_pyramid(k: torch.Tensor, v: torch.Tensor, chunk: int = 64):
+def build_pyramid(k: torch.Tensor, v: torch.Tensor, chunk: int = 32, num_warps: int = 8):
     """Pooled (K_s, V_s) for s = 2, 4, 8 of contiguous k, v [B, H, Lk, D]; one kernel launch."""
     batch, heads, length, dim = k.shape
     outs = []
@@ -56,5 +56,5 @@ def build_pyramid(k: torch.Tensor, v: torch.Tensor, chunk: int = 64):
         outs.append((k.new_empty(shape), v.new_empty(shape)))
     (k2, v2), (k4, v4), (k8, v8) = outs
     grid = (cdiv(length, chunk), batch * heads)
-    _pool_kernel[grid](k, v, k2, v2, k4, v4, k8, v8, length, HEAD_DIM=dim, CHUNK=chunk, num_warps=4)
+    _pool_kernel[grid](k, v, k2, v2, k4, v4, k8, v8, length, HEAD_DIM=dim, CHUNK=chunk, num_warps=num_warps)
     return outs

@@ -37,12 +37,15 @@ class KernelConfig:
     # the forward's query tile loaded by TMA into shared memory, where the tensor-core products
     # read it without a register copy (fewer spills; NOTES.md, second session)
     fwd_q_tma: bool = True
-    # levels whose TMA-loaded tiles of whole key blocks skip the per-column bias: one fused
-    # multiply-add per logit instead of three ops; a partial last key block is still masked
-    # (NOTES.md, third session: forward kernel 2.40 -> 2.30 ms at block_n 64 with 2 stages)
+    # levels whose tiles of whole pooled rows skip the per-column bias: one fused multiply-add
+    # per logit instead of three ops; a partial last key block is still masked (NOTES.md: third
+    # session for TMA tiles, forward kernel 2.40 -> 2.30 ms; fourth for gathered ones, 2.32 -> 2.22)
     fwd_clean_levels: tuple[int, ...] = (1, 2, 4, 8)
     dq_clean_levels: tuple[int, ...] = (1, 2, 4, 8)
-    heavy_first: bool = True  # grid order by work (two argsorts per call) or plain block order
+    # levels whose clean tiles are taken two per softmax update (one rescale of the output per
+    # pair: narrow pooled tiles spend as much on it as on their logits)
+    fwd_pair_levels: tuple[int, ...] = ()
+    heavy_first: bool = True  # grid order by work (a ranking launch per direction) or block order
     dq_pooled_atomics: bool = True  # False only to time the dQ pass without them (wrong grads)
 
 
@@ -69,20 +72,27 @@ def _measured(fwd, dq, dkdv, **other) -> KernelConfig:
 
 # (D, block_m, block_n, dtype name) -> KernelConfig; from device sweeps (benchmarks/NOTES.md).
 # fp16 shares the bf16 entries (same tensor-core path). H200, triton 3.6, `kernel_bench.py
-# --sweep-only --sweep-keys ...` of 2026-11-28, 22:13-22:27 UTC: per pass the fastest of the
-# SWEEP_* candidates by (time at density 0.15) + (time at density 1.0) / 6, at B=1, H=12,
-# L=32760 for D=128 and D=64. Every entry takes the bias-free step on whole key blocks.
+# --sweep-only --sweep-keys ...` of 2026-11-28: per pass the fastest of the SWEEP_* candidates by
+# (time at density 0.15) + (time at density 1.0) / 6, at B=1, H=12, L=32760 for D=128 and D=64;
+# dQ and dK/dV from the 22:13-22:27 UTC sweeps, the forward from the 23:38-23:41 UTC one (paired
+# tiles). Every entry takes the bias-free step on whole pooled rows.
 NARROW, WIDE = (64, 32, 32, 32), (64, 64, 64, 64)
+POOLED, ALL = (2, 4, 8), (1, 2, 4, 8)  # levels whose clean tiles go two per softmax update
 MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
-    (128, 128, 64, "bfloat16"): _measured((NARROW, 4, 2), (8, 3), (64, 64, 4, 2)),
+    # pooled levels gathered two level-2 / eight level-8 blocks per 64-row tile (bias-free):
+    # forward kernel 2.21-2.29 -> 2.11 ms at density 0.15 (00:00 UTC); pairing TMA level-2
+    # tiles instead raised ptxas spills (120/180 -> 164/268 B) and lost 7 % at density 1.0
+    (128, 128, 64, "bfloat16"): _measured(((64, 64, 32, 64), 4, 2), (8, 3), (64, 64, 4, 2), fwd_pooled_tma=False),
     # block_n 32 (the Wan preset): the dQ pass gathers two 32-key level-1 entries per 64-row tile
-    # instead of TMA tiles of one (dQ pass 6.54 -> 6.23 ms at density 0.15; NOTES.md, 20:58 UTC)
-    (128, 128, 32, "bfloat16"): _measured((NARROW, 8, 3), (8, 2), (64, 64, 4, 2), dq_tma=False),
-    (128, 128, 128, "bfloat16"): _measured((WIDE, 4, 3), (8, 2), (64, 64, 4, 2)),
-    (128, 64, 64, "bfloat16"): _measured((NARROW, 4, 2), (4, 2), (64, 64, 4, 2)),
-    (64, 128, 64, "bfloat16"): _measured((WIDE, 4, 3), (4, 2), (64, 128, 4, 2)),
+    # instead of TMA tiles of one (dQ pass 6.54 -> 6.23 ms at density 0.15; NOTES.md, 20:58 UTC);
+    # the forward pairs its 32-key level-1 tiles (2.70 -> 2.48 ms, 19.2 -> 14.6 ms at density 1)
+    (128, 128, 32, "bfloat16"): _measured((NARROW, 4, 2), (8, 2), (64, 64, 4, 2), dq_tma=False,
+                                          fwd_pair_levels=ALL),
+    (128, 128, 128, "bfloat16"): _measured((NARROW, 4, 2), (8, 2), (64, 64, 4, 2), fwd_pair_levels=POOLED),
+    (128, 64, 64, "bfloat16"): _measured((NARROW, 4, 2), (4, 2), (64, 64, 4, 2), fwd_pair_levels=POOLED),
+    (64, 128, 64, "bfloat16"): _measured((NARROW, 4, 2), (4, 2), (64, 128, 4, 2), fwd_pair_levels=ALL),
     (64, 128, 32, "bfloat16"): _measured((NARROW, 4, 3), (4, 2), (32, 128, 4, 2)),
-    (64, 128, 128, "bfloat16"): _measured((WIDE, 4, 3), (4, 2), (64, 128, 4, 2)),
+    (64, 128, 128, "bfloat16"): _measured((NARROW, 4, 2), (4, 2), (64, 128, 4, 2), fwd_pair_levels=ALL),
     (64, 64, 64, "bfloat16"): _measured((NARROW, 4, 3), (4, 2), (64, 64, 4, 2)),
 }
 

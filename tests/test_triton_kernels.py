@@ -114,7 +114,7 @@ def test_triton_matches_reference_cpu(case):
     ids=["plain-grid-order", "pooled-tile-swap", "no-level1-tma", "every-tile-masked"],
 )
 def test_config_variants_compute_the_same_function_cpu(change, block_n):
-    """Plain grid order (no argsorts); gathered pooled tiles and a pointer-loaded query tile in
+    """Plain grid order (no ranking launches); gathered pooled tiles and a pointer-loaded query tile in
     the forward with per-entry TMA tiles in the dQ pass; pointer loads on level 1; the masked
     step on every tile: each is the same function (the defaults: TMA for the forward's query
     tile and pooled entries, the bias-free step on whole key blocks)."""
@@ -123,6 +123,24 @@ def test_config_variants_compute_the_same_function_cpu(change, block_n):
     tuning.OVERRIDE = tuning.replace(tuning.default_config(64, 64, block_n, torch.bfloat16), **change)
     try:
         got, want, _ = run_case(1, 2, 130, 300, 64, torch.bfloat16, 64, block_n, seed=5)  # tails meet the next head
+    finally:
+        tuning.OVERRIDE = None
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1.5e-2
+
+
+@pytest.mark.parametrize("pooled_tma", [True, False], ids=["tma-pooled", "gathered-pooled"])
+def test_paired_tiles_compute_the_same_function_cpu(pooled_tma):
+    """Two clean tiles per softmax update on every level (TMA entries and gathered tiles of
+    several small pooled blocks), with rows long enough for several pairs per level, odd
+    leftovers and a partial last key block on each level's masked path."""
+    from psa_train.kernels import tuning
+
+    base = tuning.default_config(64, 64, 32, torch.bfloat16)
+    tuning.OVERRIDE = tuning.replace(base, fwd_tiles=(32, 16, 16, 16), fwd_pooled_tma=pooled_tma,
+                                     fwd_pair_levels=(1, 2, 4, 8), fwd_clean_levels=(1, 2, 4, 8))
+    try:
+        got, want, _ = run_case(1, 2, 130, 1400, 64, torch.bfloat16, 64, 32, seed=7)
     finally:
         tuning.OVERRIDE = None
     for g, w in zip(got, want):
@@ -160,11 +178,29 @@ def test_block_lists_match_a_python_scan():
             assert plan.cnt[bh, i].tolist() == counts
             assert plan.idx[bh, i, : len(expect)].tolist() == expect
         work = (plan.cnt[bh].long() * torch.tensor([64, 32, 16, 8])).sum(-1)
-        assert work[plan.order[bh].long()].tolist() == sorted(work.tolist(), reverse=True)
+        assert plan.order[bh].tolist() == torch.argsort(work, descending=True, stable=True).tolist()
         for j in range(37):
             expect = [i for i in range(5) if lv[bh, i, j] == 1]
             assert plan.cnt_t[bh, j] == len(expect)
             assert plan.idx_t[bh, j, : len(expect)].tolist() == expect
+
+
+@pytest.mark.parametrize("n", [1, 37, 300])
+def test_heavy_first_order_is_a_stable_descending_argsort(n):
+    """The ranking kernel: many ties (they keep block order), n past one program's block."""
+    from psa_train.kernels.block_lists import _heaviest_first
+
+    work = torch.randint(0, 6, (3, n), generator=torch.Generator().manual_seed(n), dtype=torch.int32)
+    order = _heaviest_first(work, True)
+    assert order.dtype == torch.int32
+    assert order.tolist() == torch.argsort(work, dim=1, descending=True, stable=True).tolist()
+
+
+def test_bad_level_values_raise_on_the_triton_path():
+    q, k, v = (torch.randn(1, 1, 64, 64, dtype=torch.bfloat16) for _ in range(3))
+    levels = torch.tensor([[[[1, 3]]]])
+    with pytest.raises(ValueError, match="levels may only hold"):
+        pyramid_attention(q, k, v, levels, 64, 32, backend="triton")
 
 
 def test_transposed_lists_are_built_only_for_a_backward(monkeypatch):
@@ -198,6 +234,10 @@ GPU_CASES = [
     (2, 4, 4000, 4100, 64, torch.bfloat16, 128, 32),
     (1, 4, 8192, 8192, 128, torch.float16, 64, 128),
     (1, 2, 32760, 32760, 128, torch.bfloat16, 128, 64),
+    # tuned entries that pair clean tiles: every level (128x128x32, 64x128x64), pooled levels
+    (1, 4, 8192, 8200, 128, torch.bfloat16, 128, 32),
+    (2, 4, 4000, 4100, 64, torch.bfloat16, 128, 64),
+    (1, 4, 8192, 8192, 128, torch.bfloat16, 128, 128),
 ]
 
 
