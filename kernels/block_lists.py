@@ -104,45 +104,6 @@ def _rank_kernel(WORK, ORDER, n, BLOCK: tl.constexpr):
     tl.store(ORDER + h * n + rank, i, mask=i < n)
 
 
-@kernel
-def _level1_slots_kernel(IDX, CNT, ROW_START, SLOT, n_kb, CHUNK: tl.constexpr):
-    """SLOT[row, j] = ROW_START[row] + p for the row's p-th level-1 entry j (its list order)."""
-    row = tl.program_id(0).to(tl.int64)
-    c1 = tl.load(CNT + row * 4)
-    first = tl.load(ROW_START + row)
-    for start in range(0, n_kb, CHUNK):
-        p = start + tl.arange(0, CHUNK)
-        listed = p < c1
-        j = tl.load(IDX + row * n_kb + p, mask=listed, other=0)
-        tl.store(SLOT + row * n_kb + j, first + p, mask=listed)
-
-
-@dataclass
-class Level1Slots:
-    """A compact numbering of the level-1 (query block, key block) pairs, row after row in list
-    order, for a buffer with one tile per pair (the backward's stored dS)."""
-
-    slot: torch.Tensor  # [BH, nI, nJ] slot of pair (i, j) where j is level 1 for i (else unset)
-    row_start: torch.Tensor  # [BH * nI] slot of each row's first level-1 entry
-    count: int  # pairs in all
-
-
-def level1_slots(plan: "BlockPlan") -> Level1Slots:
-    """Numbers the plan's level-1 pairs. Reads the total back to the host (one synchronisation)
-    because the buffer it sizes is allocated there."""
-    bh, n_qb, n_kb = plan.idx.shape
-    per_row = plan.cnt[..., 0].reshape(-1).to(torch.int64)
-    ends = torch.cumsum(per_row, 0)
-    if plan.idx.device.type == "meta":  # offline compilation (kernel_resources.py): any count
-        count = bh * n_qb
-    else:
-        count = int(ends[-1]) if ends.numel() else 0
-    row_start = (ends - per_row).to(torch.int32)
-    slot = torch.empty((bh, n_qb, n_kb), dtype=torch.int32, device=plan.idx.device)
-    _level1_slots_kernel[(bh * n_qb,)](plan.idx, plan.cnt, row_start, slot, n_kb, CHUNK=_chunk(n_kb), num_warps=4)
-    return Level1Slots(slot, row_start, count)
-
-
 @dataclass
 class BlockPlan:
     """Lists for one level map; every tensor int32 and contiguous. The transposed lists are
@@ -167,7 +128,7 @@ def _heaviest_first(work: torch.Tensor, heavy_first: bool) -> torch.Tensor | Non
         return None
     heads, n = work.shape
     order = torch.empty_like(work)
-    block = min(64, max(16, 1 << (n - 1).bit_length()))
+    block = min(128, max(16, 1 << (n - 1).bit_length()))
     _rank_kernel[(heads, -(-n // block))](work, order, n, BLOCK=block, num_warps=4)
     return order
 
@@ -189,7 +150,7 @@ def build_plan(levels: torch.Tensor, block_n: int, heavy_first: bool = True, tra
                                     num_warps=4)
     if dev.type == "cuda":
         torch._assert_async(levels_ok, f"levels may only hold {LEVEL_VALUES}")
-    elif dev.type == "cpu" and not levels_ok.item():
+    elif dev.type == "cpu" and not levels_ok.item():  # (meta tensors: offline compilation)
         raise ValueError(f"levels may only hold {LEVEL_VALUES}")
     plan = BlockPlan(idx, cnt, _heaviest_first(work, heavy_first))
     return with_transposed(plan, levels, heavy_first) if transposed else plan

@@ -37,13 +37,11 @@ from .triton_forward import (
     _tma_entry_tile,
     _tma_level_tiles,
     clean_flags,
-    descriptor,
     dot_precision,
     level1_descriptors,
     level_descriptors,
     level_tiles,
 )
-from .block_lists import level1_slots
 from .triton_launch import cdiv, kernel
 
 
@@ -170,7 +168,6 @@ def _bwd_dq_kernel(
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, TMA1: tl.constexpr, TMA2: tl.constexpr,
     TMA4: tl.constexpr, TMA8: tl.constexpr, ATOMICS: tl.constexpr, REORDER: tl.constexpr,
     CLEAN1: tl.constexpr, CLEAN2: tl.constexpr, CLEAN4: tl.constexpr, CLEAN8: tl.constexpr,
-    LEVEL1: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -193,9 +190,8 @@ def _bwd_dq_kernel(
     c2 = tl.load(CNT + row * 4 + 1)
     c4 = tl.load(CNT + row * 4 + 2)
     c8 = tl.load(CNT + row * 4 + 3)
-    if LEVEL1:  # else the level-1 part comes from the stored dS (`_bwd_dq_stored_kernel`)
-        dq = _dq_any_level(q, do, lse, delta, dq, K1, V1, K1D, V1D, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale,
-                           d, 1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS, TMA1, CLEAN1)
+    dq = _dq_any_level(q, do, lse, delta, dq, K1, V1, K1D, V1D, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale, d,
+                       1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS, TMA1, CLEAN1)
     dq = _dq_any_level(q, do, lse, delta, dq, K2, V2, K2D, V2D, DK2, DV2, lst + c1, c2, bh, Lk, sm_scale, qk_scale,
                        d, 2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, ATOMICS, TMA2, CLEAN2)
     dq = _dq_any_level(q, do, lse, delta, dq, K4, V4, K4D, V4D, DK4, DV4, lst + c1 + c2, c4, bh, Lk, sm_scale,
@@ -219,12 +215,11 @@ def _fold_level(dk, dv, DKB, DVB, offs_n, mask_n, bh, Lk, d, S: tl.constexpr, HE
 @kernel
 def _bwd_dkdv_kernel(
     Q, K, V, DO, QD, DOD, LSE, DELTA, DK, DV, DK2, DV2, DK4, DV4, DK8, DV8,
-    IDXT, CNTT, ORDERT, DS, SLOT,
+    IDXT, CNTT, ORDERT,
     sm_scale, qk_scale, Lq, Lk, n_qb, n_kb,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     KSUB: tl.constexpr, MSUB: tl.constexpr,
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, REORDER: tl.constexpr,
-    STORE_DS: tl.constexpr,
 ):
     SPLIT = BLOCK_N // KSUB
     NSUB = BLOCK_M // MSUB
@@ -266,12 +261,6 @@ def _bwd_dkdv_kernel(
         dp_t = _dot(v, tl.trans(do), DOT_PREC)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += _dot(ds_t.to(q.dtype), q, DOT_PREC)
-        if STORE_DS:  # dSᵀ of the pair as the dQ pass would round it; rows past Lk stored as 0
-            slot = tl.load(SLOT + (bh * n_qb + i) * n_kb + j).to(tl.int64)
-            keys = (pid % SPLIT) * KSUB + tl.arange(0, KSUB)
-            cols = (it % NSUB) * MSUB + tl.arange(0, MSUB)
-            tl.store(DS + slot * (BLOCK_N * BLOCK_M) + keys[:, None] * BLOCK_M + cols[None, :],
-                     tl.where(mask_n[:, None], ds_t, 0.0).to(DS.dtype.element_ty))
     dk = dk * sm_scale
     # fold the pooled-level gradients back onto member tokens: d(mean)/d(member) = 1/n
     dk, dv = _fold_level(dk, dv, DK2, DV2, offs_n, mask_n, bh, Lk, d, 2, HEAD_DIM)
@@ -279,46 +268,6 @@ def _bwd_dkdv_kernel(
     dk, dv = _fold_level(dk, dv, DK8, DV8, offs_n, mask_n, bh, Lk, d, 8, HEAD_DIM)
     tl.store(DK + kv_off, dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
-
-
-@kernel
-def _bwd_dq_stored_kernel(
-    DQP, DS, DSD, K, KD, IDX, CNT, ROW_START, ORDER, DQ,
-    sm_scale, Lq, Lk, n_qb, n_kb,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-    STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, REORDER: tl.constexpr,
-):
-    """dQ = (pooled-level part, fp32) + scale · Σ dS K over the row's level-1 entries, with dS
-    read from the buffer the dK/dV pass filled: one product per pair instead of three."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    if REORDER:
-        i = tl.load(ORDER + bh * n_qb + pid)
-    else:
-        i = pid
-    row = bh * n_qb + i
-    c1 = tl.load(CNT + row * 4)
-    first = tl.load(ROW_START + row).to(tl.int64)
-    keys = tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_M)
-    d = tl.arange(0, HEAD_DIM)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for it in tl.range(0, c1, num_stages=STAGES):
-        j = tl.load(IDX + row * n_kb + it)
-        if USE_TMA:  # K rows past Lk (next head / zero fill) meet dS rows stored as 0
-            ds_t = DSD.load([((first + it) * BLOCK_N).to(tl.int32), 0])
-            k = KD.load([(bh * Lk + j * BLOCK_N).to(tl.int32), 0])
-        else:
-            ds_t = tl.load(DS + (first + it) * (BLOCK_N * BLOCK_M) + keys[:, None] * BLOCK_M + cols[None, :])
-            offs_n = j * BLOCK_N + keys
-            k = tl.load(K + bh * Lk * HEAD_DIM + offs_n[:, None] * HEAD_DIM + d[None, :],
-                        mask=(offs_n < Lk)[:, None], other=0.0)
-        acc += _dot(tl.trans(ds_t), k, DOT_PREC)
-    offs_m = i * BLOCK_M + cols
-    q_off = bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + d[None, :]
-    mask = (offs_m < Lq)[:, None]
-    dq = tl.load(DQP + q_off, mask=mask, other=0.0) + acc * sm_scale
-    tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=mask)
 
 
 def pooled_grad_buffers(k: torch.Tensor):
@@ -343,15 +292,12 @@ def launch_delta(out, do):
     return delta
 
 
-def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg,
-              level1=True):
-    """The query-stationary pass; level1=False leaves level 1 out and returns that partial dQ in
-    fp32 (the stored-dS path adds level 1 in `launch_dq_stored`)."""
+def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
     batch, heads, length_q, dim = q.shape
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
     (k2, v2), (k4, v4), (k8, v8) = pyramid
     dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
-    dq = torch.empty_like(q) if level1 else torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    dq = torch.empty_like(q)
     tiles = level_tiles(q.dtype, block_n, cfg.dq_tiles, cfg.dq_tma, cfg.dq_pooled_tma)
     (k1d, v1d), (k2d, v2d), (k4d, v4d), (k8d, v8d) = level_descriptors(k, v, pyramid, tiles)
     _bwd_dq_kernel[(n_qb, batch * heads)](
@@ -363,31 +309,12 @@ def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, blo
         TILE1=tiles[0][1], TILE2=tiles[1][1], TILE4=tiles[2][1], TILE8=tiles[3][1],
         STAGES=cfg.dq_stages, DOT_PREC=dot_precision(q), TMA1=tiles[0][0], TMA2=tiles[1][0],
         TMA4=tiles[2][0], TMA8=tiles[3][0], ATOMICS=cfg.dq_pooled_atomics,
-        REORDER=plan.order is not None, **clean_flags(cfg.dq_clean_levels, sm_scale), LEVEL1=level1,
-        num_warps=cfg.dq_warps,
+        REORDER=plan.order is not None, **clean_flags(cfg.dq_clean_levels, sm_scale), num_warps=cfg.dq_warps,
     )
     return dq
 
 
-def launch_dq_stored(dq_pooled, ds, slots, k, plan, block_m, block_n, sm_scale, cfg):
-    """dQ from the partial pooled-level dQ and the stored level-1 dS tiles."""
-    batch, heads, length_q, dim = dq_pooled.shape
-    n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
-    dq = torch.empty(dq_pooled.shape, dtype=k.dtype, device=k.device)
-    use_tma = cfg.dq_tma and k.dtype != torch.float32 and ds.shape[0] > 0
-    dsd, kd = (descriptor(ds, block_n), descriptor(k, block_n)) if use_tma else (None, None)
-    _bwd_dq_stored_kernel[(n_qb, batch * heads)](
-        dq_pooled, ds, dsd, k, kd, plan.idx, plan.cnt, slots.row_start, plan.order, dq,
-        sm_scale, length_q, k.shape[2], n_qb, n_kb,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim, STAGES=cfg.dq_stages, DOT_PREC=dot_precision(k),
-        USE_TMA=use_tma, REORDER=plan.order is not None, num_warps=cfg.dq_warps,
-    )
-    return dq
-
-
-def launch_dkdv(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, sm_scale, cfg, ds=None, slots=None):
-    """The key-stationary level-1 pass plus the fold of the pooled gradients; with `ds` (a
-    [pairs * block_n, block_m] buffer numbered by `slots`) it also stores each pair's dSᵀ."""
+def launch_dkdv(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
     batch, heads, length_q, dim = q.shape
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
     dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
@@ -398,42 +325,19 @@ def launch_dkdv(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, s
     qd, dod = level1_descriptors(q, do, msub, block_m, cfg.dkdv_tma)
     _bwd_dkdv_kernel[(n_kb * (block_n // ksub), batch * heads)](
         q, k, v, do, qd, dod, lse, delta, dk, dv, dk2, dv2, dk4, dv4, dk8, dv8,
-        plan.idx_t, plan.cnt_t, plan.order_t, ds, slots.slot if slots is not None else None,
+        plan.idx_t, plan.cnt_t, plan.order_t,
         sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim, KSUB=ksub, MSUB=msub,
         STAGES=cfg.dkdv_stages, DOT_PREC=dot_precision(q), USE_TMA=qd is not None,
-        REORDER=plan.order_t is not None, STORE_DS=ds is not None, num_warps=cfg.dkdv_warps,
+        REORDER=plan.order_t is not None, num_warps=cfg.dkdv_warps,
     )
     return dk, dv
 
 
-def stored_ds_slots(plan, block_m, block_n, dtype, cfg):
-    """The level-1 pair numbering when the config stores dS and the buffer fits its cap, else None."""
-    if not cfg.dq_stored_ds:
-        return None
-    slots = level1_slots(plan)
-    nbytes = slots.count * block_m * block_n * torch.finfo(dtype).bits // 8
-    return slots if nbytes <= cfg.stored_ds_max_bytes else None
-
-
 def pyramid_backward(q, k, v, out, lse, do, pyramid, plan, block_m, block_n, sm_scale, cfg):
-    """dq, dk, dv (input dtype) for contiguous tensors; `pyramid`, `plan` as in the forward.
-
-    Default order: dQ pass (all levels; pooled dK̄/dV̄ by atomics), then the dK/dV pass (level 1,
-    then the fold). With `cfg.dq_stored_ds` (and a buffer under its cap) the dQ pass leaves level 1
-    out, the dK/dV pass stores every level-1 pair's dS (block_m x block_n, input dtype), and a
-    last pass adds dS K: 5 products per level-1 pair instead of 7, for one tile of memory per pair.
-    """
+    """dq, dk, dv (input dtype) for contiguous tensors; `pyramid`, `plan` as in the forward."""
     delta = launch_delta(out, do)
     pooled = pooled_grad_buffers(k)
-    slots = stored_ds_slots(plan, block_m, block_n, q.dtype, cfg)
-    if slots is None:
-        dq = launch_dq(q, k, v, do, lse, delta, pyramid, pooled, plan, block_m, block_n, sm_scale, cfg)
-        dk, dv = launch_dkdv(q, k, v, do, lse, delta, pooled, plan, block_m, block_n, sm_scale, cfg)
-        return dq, dk, dv
-    dq_pooled = launch_dq(q, k, v, do, lse, delta, pyramid, pooled, plan, block_m, block_n, sm_scale, cfg,
-                          level1=False)
-    ds = torch.empty((slots.count * block_n, block_m), dtype=q.dtype, device=q.device)
-    dk, dv = launch_dkdv(q, k, v, do, lse, delta, pooled, plan, block_m, block_n, sm_scale, cfg, ds, slots)
-    dq = launch_dq_stored(dq_pooled, ds, slots, k, plan, block_m, block_n, sm_scale, cfg)
+    dq = launch_dq(q, k, v, do, lse, delta, pyramid, pooled, plan, block_m, block_n, sm_scale, cfg)
+    dk, dv = launch_dkdv(q, k, v, do, lse, delta, pooled, plan, block_m, block_n, sm_scale, cfg)
     return dq, dk, dv

@@ -45,10 +45,6 @@ class KernelConfig:
     # levels whose clean tiles are taken two per softmax update (one rescale of the output per
     # pair: narrow pooled tiles spend as much on it as on their logits)
     fwd_pair_levels: tuple[int, ...] = ()
-    # the dK/dV pass stores each level-1 pair's dS so the dQ pass does one product per pair
-    # instead of three (triton_backward.pyramid_backward), when the buffer stays under the cap
-    dq_stored_ds: bool = False
-    stored_ds_max_bytes: int = 4 << 30
     heavy_first: bool = True  # grid order by work (a ranking launch per direction) or block order
     dq_pooled_atomics: bool = True  # False only to time the dQ pass without them (wrong grads)
 

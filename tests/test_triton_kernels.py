@@ -147,52 +147,6 @@ def test_paired_tiles_compute_the_same_function_cpu(pooled_tma):
         assert rel_err(g, w) < 1.5e-2
 
 
-STORED_DS_CASES = [
-    # batch, heads, Lq, Lk, D, dtype, block_m, block_n: tails on both sides, split key blocks
-    (1, 2, 150, 200, 64, torch.bfloat16, 64, 32),
-    (1, 1, 140, 300, 128, torch.float16, 128, 128),
-    (2, 1, 100, 100, 64, torch.float32, 64, 64),
-]
-
-
-@pytest.mark.parametrize("case", STORED_DS_CASES, ids=lambda c: f"L{c[2]}x{c[3]}-D{c[4]}-{str(c[5])[6:]}-{c[6]}x{c[7]}")
-def test_stored_ds_backward_computes_the_same_gradients_cpu(case, monkeypatch):
-    """The dK/dV pass stores each level-1 pair's dS and a last pass adds dS K to the pooled
-    levels' dQ: the same gradients as the default order (and the path is really taken)."""
-    from psa_train.kernels import triton_backward, tuning
-
-    batch, heads, lq, lk, dim, dtype, bm, bn = case
-    calls = []
-    stored = triton_backward.launch_dq_stored
-    monkeypatch.setattr(triton_backward, "launch_dq_stored", lambda *a, **kw: calls.append(1) or stored(*a, **kw))
-    tuning.OVERRIDE = tuning.replace(tuning.default_config(dim, bm, bn, dtype), dq_stored_ds=True)
-    try:
-        got, want, (q, k, v, do, levels, scale) = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=lq + lk)
-    finally:
-        tuning.OVERRIDE = None
-    assert calls == [1]
-    ql, kl, vl = (t.clone().requires_grad_(True) for t in (q, k, v))
-    low = lowp_attention(ql, kl, vl, levels, bm, bn, scale)
-    low.backward(do)
-    for name, g, w, lo in zip(("out", "dq", "dk", "dv"), got, want, [low.detach(), ql.grad, kl.grad, vl.grad]):
-        err, budget = rel_err(g, w), 2.0 * rel_err(lo, w) + 1e-4
-        assert err <= budget, f"{name}: error {err:.2e} > budget {budget:.2e}"
-
-
-def test_stored_ds_falls_back_when_the_buffer_would_exceed_its_cap_cpu(monkeypatch):
-    from psa_train.kernels import triton_backward, tuning
-
-    monkeypatch.setattr(triton_backward, "launch_dq_stored", lambda *a, **kw: pytest.fail("buffer over the cap"))
-    tuning.OVERRIDE = tuning.replace(tuning.default_config(64, 64, 64, torch.bfloat16), dq_stored_ds=True,
-                                     stored_ds_max_bytes=64 * 64 * 2 - 1)  # less than one pair's tile
-    try:
-        got, want, _ = run_case(1, 1, 128, 128, 64, torch.bfloat16, 64, 64, seed=3)
-    finally:
-        tuning.OVERRIDE = None
-    for g, w in zip(got, want):
-        assert rel_err(g, w) < 1.5e-2
-
-
 def test_empty_rows_give_zeros_and_zero_grads_cpu():
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 2, 96, 64, generator=gen, dtype=torch.bfloat16).requires_grad_(True) for _ in range(3))
