@@ -302,8 +302,8 @@ def dot_precision(t: torch.Tensor) -> str:
 
 
 def clean_flags(levels, sm_scale):
-    """CLEAN1..CLEAN8 kernel flags: which levels' tiles of whole pooled rows (TMA tiles in both
-    passes, gathered tiles in the forward) take the bias-free clean step
+    """CLEAN1..CLEAN8 kernel flags: which levels' tiles of whole pooled rows (TMA or gathered,
+    forward and dQ pass) take the bias-free clean step
     (`_clean_step` takes the max before scaling, so it needs sm_scale > 0)."""
     return {f"CLEAN{s}": s in levels and sm_scale > 0 for s in (1, 2, 4, 8)}
 

@@ -85,7 +85,7 @@ MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
     (128, 128, 64, "bfloat16"): _measured(((64, 64, 32, 64), 4, 2), (8, 3), (64, 64, 4, 2), fwd_pooled_tma=False),
     # block_n 32 (the Wan preset): the dQ pass gathers two 32-key level-1 entries per 64-row tile
     # instead of TMA tiles of one (dQ pass 6.54 -> 6.23 ms at density 0.15; NOTES.md, 20:58 UTC);
-    # the forward pairs its 32-key level-1 tiles (2.70 -> 2.48 ms, 19.2 -> 14.6 ms at density 1)
+    # the forward pairs its 32-key level-1 tiles (2.92 -> 2.48 ms; 16.2 -> 14.6 ms at density 1)
     (128, 128, 32, "bfloat16"): _measured((NARROW, 4, 2), (8, 2), (64, 64, 4, 2), dq_tma=False,
                                           fwd_pair_levels=ALL),
     (128, 128, 128, "bfloat16"): _measured((NARROW, 4, 2), (8, 2), (64, 64, 4, 2), fwd_pair_levels=POOLED),
