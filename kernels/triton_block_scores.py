@@ -331,9 +331,8 @@ def block_scores_triton(
     whose tiles may skip masking (pass it from a cache: None computes it, a host sync on CUDA).
     `options` override DEFAULTS: loads (see module doc), block_q (sampled query rows per
     program, raised to q_slots), tile_slots (sampled keys per step), num_warps, num_stages,
-    chunk (key
-    blocks per pooling step, at least one tile), scratch ("fp32", or "fp16": half the scratch traffic, see
-    `_store_tile`), max_registers (per thread, CUDA only; "auto" caps 8 warps at 128 so two
+    chunk (key blocks per pooling step, at least one tile), scratch ("fp32", or "fp16": half the
+    scratch traffic, see `_store_tile`), max_registers (per thread, CUDA only; "auto" caps 8 warps at 128 so two
     programs share an SM and one's exponentials overlap the other's tensor-core products; None:
     the compiler's choice).
     """

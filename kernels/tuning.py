@@ -76,11 +76,12 @@ def _measured(fwd, dq, dkdv, **other) -> KernelConfig:
 # (time at density 0.15) + (time at density 1.0) / 6, at B=1, H=12, L=32760 for D=128 and D=64;
 # dQ and dK/dV from the 22:13-22:27 UTC sweeps, the forward from the 23:38-23:41 UTC one (paired
 # tiles). Every entry takes the bias-free step on whole pooled rows.
-NARROW, WIDE = (64, 32, 32, 32), (64, 64, 64, 64)
+NARROW = (64, 32, 32, 32)
 POOLED, ALL = (2, 4, 8), (1, 2, 4, 8)  # levels whose clean tiles go two per softmax update
 MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
     # pooled levels gathered two level-2 / eight level-8 blocks per 64-row tile (bias-free):
-    # forward kernel 2.21-2.29 -> 2.11 ms at density 0.15 (00:00 UTC); pairing TMA level-2
+    # forward kernel 2.21-2.31 -> 2.11-2.25 ms at density 0.15 (two A/Bs, 23:54-23:56 UTC),
+    # about 1 % slower at density 1.0; pairing TMA level-2
     # tiles instead raised ptxas spills (120/180 -> 164/268 B) and lost 7 % at density 1.0
     (128, 128, 64, "bfloat16"): _measured(((64, 64, 32, 64), 4, 2), (8, 3), (64, 64, 4, 2), fwd_pooled_tma=False),
     # block_n 32 (the Wan preset): the dQ pass gathers two 32-key level-1 entries per 64-row tile

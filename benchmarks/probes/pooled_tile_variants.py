@@ -15,7 +15,6 @@ B, H, L, D = 1, 12, 32760, 128
 q, k, v, do = (t.detach() for t in inputs((B, H, L, D), dev, gen))
 scale = D ** -0.5
 pyr = build_pyramid(k, v)
-NARROW, WIDE = (64, 32, 32, 32), (64, 64, 64, 64)
 VARIANTS = {
     64: [("base (gathered L8 clean)", {}), ("old: L8 masked", dict(fwd_clean_levels=(1, 2, 4))),
          ("pair 2", dict(fwd_pair_levels=(2,))), ("pair 8", dict(fwd_pair_levels=(8,))),
