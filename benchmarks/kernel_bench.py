@@ -149,17 +149,21 @@ SWEEP_FWD = [
     dict(fwd_tiles=(64, 64, 64, 64), fwd_warps=4, fwd_stages=3, fwd_pair_levels=()),
     dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=3, fwd_pair_levels=()),
 ]
+# dQ and dK/dV: the Triton kernels' candidates, then the Gluon kernels (Hopper; elsewhere they
+# fall back to the Triton kernel of the key's entry)
 SWEEP_DQ = [
-    dict(dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3),
-    dict(dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=2),
-    dict(dq_tiles=(64, 64, 64, 64), dq_warps=4, dq_stages=3),
-    dict(dq_tiles=(64, 64, 64, 64), dq_warps=4, dq_stages=2),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3, dq_gluon=False),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=2, dq_gluon=False),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=4, dq_stages=3, dq_gluon=False),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=4, dq_stages=2, dq_gluon=False),
+    dict(dq_tiles=(64, 64, 64, 64), dq_warps=8, dq_stages=3, dq_gluon=True),
 ]
 SWEEP_DKDV = [
-    dict(dkdv_ksub=64, dkdv_msub=64, dkdv_warps=4, dkdv_stages=2),
-    dict(dkdv_ksub=64, dkdv_msub=128, dkdv_warps=4, dkdv_stages=2),
-    dict(dkdv_ksub=64, dkdv_msub=128, dkdv_warps=8, dkdv_stages=2),
-    dict(dkdv_ksub=32, dkdv_msub=128, dkdv_warps=4, dkdv_stages=2),
+    dict(dkdv_ksub=64, dkdv_msub=64, dkdv_warps=4, dkdv_stages=2, dkdv_gluon=False),
+    dict(dkdv_ksub=64, dkdv_msub=128, dkdv_warps=4, dkdv_stages=2, dkdv_gluon=False),
+    dict(dkdv_ksub=64, dkdv_msub=128, dkdv_warps=8, dkdv_stages=2, dkdv_gluon=False),
+    dict(dkdv_ksub=32, dkdv_msub=128, dkdv_warps=4, dkdv_stages=2, dkdv_gluon=False),
+    dict(dkdv_gluon=True),
 ]
 
 
@@ -212,6 +216,11 @@ KERNEL_VARIANTS = {
     "fwd 8 warps": dict(fwd_warps=8),
     "dq per-entry TMA tiles": dict(dq_pooled_tma=True),
     "dkdv 8 warps": dict(dkdv_warps=8),
+    # the Gluon backward kernels (Hopper) against the Triton ones, whatever the entry's default
+    "dkdv gluon": dict(dkdv_gluon=True),
+    "dq gluon level 1": dict(dq_gluon=True),
+    "dq + dkdv gluon": dict(dq_gluon=True, dkdv_gluon=True),
+    "dq + dkdv triton": dict(dq_gluon=False, dkdv_gluon=False),
     "no pooled atomics (wrong grads)": dict(dq_pooled_atomics=False),
     # block_n 32: level-1 entries are 32 rows; gathering two per 64-row tile instead of TMA tiles of 32
     "fwd level-1 gathers 64-row tiles": dict(fwd_tma=False, fwd_tiles=(64, 32, 32, 32)),
@@ -315,6 +324,9 @@ def scoring_kernel_sweep(q, k, log, only=None):
         "no register cap": {"max_registers": None},
         "block_q 64, 4 warps": {"block_q": 64, "num_warps": 4},
         "every tile masked": {"k_full_blocks": 0},
+        "triton pass 1": {"pass1": "triton"},
+        "gluon pass 1": {"pass1": "gluon"},
+        "gluon pass 1, fp32 scratch": {"pass1": "gluon", "scratch": "fp32"},
     }
     if only:
         variants = {name: opts for name, opts in variants.items() if name in only}
@@ -337,13 +349,14 @@ def scoring_kernel_sweep(q, k, log, only=None):
                 log(f"{label}: {bench(run, rep=100):.3f} ms (rel. diff to default {diff:.1e})")
             except Exception as exc:  # noqa: BLE001  (a variant that does not compile or fit)
                 log(f"{label}: FAILED {exc!r:.160}")
-        label = f"scoring kernel block_n={block_n} pass 1 only (block sums to the scratch; contiguous loads, fp32)"
-        try:
-            run = functools.partial(block_sums, qd, kd, qt.rows.flatten(), kt.rows.flatten(),
-                                    kt.valid.flatten(), kt.rows.shape[1], scale, **full)
-            log(f"{label}: {bench(run, rep=100):.3f} ms")
-        except Exception as exc:  # noqa: BLE001
-            log(f"{label}: FAILED {exc!r:.160}")
+        for pass1 in ("triton", "gluon"):
+            label = f"scoring kernel block_n={block_n} pass 1 only, {pass1} (block sums to the scratch, fp32)"
+            try:
+                run = functools.partial(block_sums, qd, kd, qt.rows.flatten(), kt.rows.flatten(),
+                                        kt.valid.flatten(), kt.rows.shape[1], scale, pass1=pass1, **full)
+                log(f"{label}: {bench(run, rep=100):.3f} ms")
+            except Exception as exc:  # noqa: BLE001
+                log(f"{label}: FAILED {exc!r:.160}")
 
 
 def main():

@@ -12,8 +12,10 @@ descriptors, int/float scalars), so they are specialised the way ``JITFunction.r
 compiled with ``triton.compile`` for sm_90; ptxas -v is then run on the PTX. Meta tensors have
 address 0, i.e. 16-byte aligned like real CUDA allocations.
 
-    python benchmarks/kernel_resources.py [--block-n 64] [--dim 128] [--set KEY=VALUE ...] [--all]
+    python benchmarks/kernel_resources.py [--block-n 64] [--dim 128] [--set KEY=VALUE ...] [--all] [--gluon]
 
+``--gluon`` adds the Hopper kernels written in Gluon (gluon_backward's dK/dV and level-1 dQ
+kernels, gluon_block_scores' pass 1), whose launches are recorded the same way.
 ``--set`` overrides KernelConfig fields (values as Python literals: 8, True, "(64, 32, 32, 32)").
 Columns: ptxas' registers per thread, spill stores/loads and stack frame (bytes per thread), and
 triton's shared memory per program (dynamic, bytes). ``stages`` is the kernel's STAGES constexpr
@@ -67,17 +69,68 @@ def record_launches(batch, heads, length, dim, block_m, block_n, dtype=torch.bfl
     return launches
 
 
+def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=torch.bfloat16):
+    """(kernel, args, kwargs) of the Gluon kernels' launches, on meta tensors: the dK/dV and level-1
+    dQ kernels of one backward, and block scoring's pass 1 at a quarter of the tokens sampled."""
+    from types import SimpleNamespace
+
+    from psa_train.kernels import gluon_backward, gluon_block_scores
+
+    launches = []
+
+    class Recorder:
+        def __init__(self, jit):
+            self.jit = jit
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.jit, args, kwargs))
+
+    def t(*shape, dt=dtype):
+        return torch.empty(shape, dtype=dt, device="meta")
+
+    q, k, v, do = (t(batch, heads, length, dim) for _ in range(4))
+    lse, delta, partial = t(batch, heads, length, dt=torch.float32), t(batch, heads, length, dt=torch.float32), \
+        t(batch, heads, length, dim, dt=torch.float32)
+    pooled = [t(batch, heads, triton.cdiv(length, s), dim, dt=torch.float32) for s in (2, 2, 4, 4, 8, 8)]
+    n_qb, n_kb, bh = triton.cdiv(length, block_m), triton.cdiv(length, block_n), batch * heads
+    plan = SimpleNamespace(idx=t(bh, n_qb, n_kb, dt=torch.int32), cnt=t(bh, n_qb, 4, dt=torch.int32),
+                           order=t(bh, n_qb, dt=torch.int32), idx_t=t(bh, n_kb, n_qb, dt=torch.int32),
+                           cnt_t=t(bh, n_kb, dt=torch.int32), order_t=t(bh, n_kb, dt=torch.int32))
+    slots = max(1, block_n // 4)
+    sampled = triton.cdiv(length, block_n) * slots
+    kernels = {"_dkdv_kernel": gluon_backward, "_dq1_kernel": gluon_backward, "_block_sums_kernel": gluon_block_scores}
+    patches = [mock.patch.object(module, name, Recorder(getattr(module, name))) for name, module in kernels.items()]
+    for patch in patches:
+        patch.start()
+    try:
+        gluon_backward.launch_dkdv_gluon(q, k, v, do, lse, delta, pooled, plan, block_m, block_n, dim ** -0.5)
+        gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, dim ** -0.5, partial)
+        gluon_block_scores.block_sums_gluon(t(batch, heads, sampled, dim), t(batch, heads, sampled, dim),
+                                            t(sampled, dt=torch.int8), slots, 0.1, n_kb, torch.float16)
+    finally:
+        for patch in patches:
+            patch.stop()
+    return launches
+
+
+def kernel_name(kernel) -> str:
+    return kernel.__name__ if isinstance(kernel, LazyKernel) else kernel.fn.__name__
+
+
 def compile_launch(lazy, args, kwargs):
-    """Compile one recorded launch for TARGET, specialised as JITFunction.run would on a GPU."""
-    jit = lazy.variant(False)
+    """Compile one recorded launch for TARGET, specialised as JITFunction.run would on a GPU.
+    `lazy`: a LazyKernel, or a Gluon kernel (record_gluon_launches)."""
+    jit = lazy.variant(False) if isinstance(lazy, LazyKernel) else lazy
     backend = make_backend(TARGET)
     kwargs = {**kwargs, "debug": kwargs.get("debug") or knobs.runtime.debug,
               "instrumentation_mode": knobs.compilation.instrumentation_mode}
     binder = create_function_from_signature(jit.signature, jit.params, backend)
     bound_args, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound_args, specialization, options)
-    compiled = triton.compile(ASTSource(jit, signature, constexprs, attrs), target=TARGET,
-                              options=options.__dict__)
+    source = ASTSource
+    if getattr(jit, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    compiled = triton.compile(source(jit, signature, constexprs, attrs), target=TARGET, options=options.__dict__)
     return compiled, {jit.params[path[0]].name: value for path, value in constexprs.items()}
 
 
@@ -109,6 +162,7 @@ def main():
     p.add_argument("--seq-len", type=int, default=32760)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="KernelConfig override")
     p.add_argument("--all", action="store_true", help="also the helper kernels (lists, pyramid, delta)")
+    p.add_argument("--gluon", action="store_true", help="also the Gluon kernels (Hopper)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each kernel's constexprs")
     a = p.parse_args()
 
@@ -122,24 +176,26 @@ def main():
     print(f"sm_90 (ptxas {ptxas}), B=1 H={a.heads} L={a.seq_len} D={a.dim} bf16 "
           f"block_m={a.block_m} block_n={a.block_n}\n{tuning.OVERRIDE}\n")
     launches = record_launches(1, a.heads, a.seq_len, a.dim, a.block_m, a.block_n)
+    if a.gluon:
+        launches += record_gluon_launches(1, a.heads, a.seq_len, a.dim, a.block_m, a.block_n)
 
     print(f"{'kernel':<22}{'warps':>6}{'stages':>7}{'regs':>6}{'spill_st':>10}{'spill_ld':>10}"
           f"{'stack':>7}{'smem':>8}")
     failed = 0
     for lazy, args, kwargs in launches:
-        if not (a.all or lazy in ATTENTION_KERNELS):
+        if not (a.all or lazy in ATTENTION_KERNELS or not isinstance(lazy, LazyKernel)):
             continue
         try:
             compiled, consts = compile_launch(lazy, args, kwargs)
         except Exception as e:  # noqa: BLE001  (any compile error: report it, go on with the others)
             failed += 1
-            print(f"{lazy.__name__:<22}{kwargs.get('num_warps', 4):>6}  failed: {type(e).__name__}: "
+            print(f"{kernel_name(lazy):<22}{kwargs.get('num_warps', 4):>6}  failed: {type(e).__name__}: "
                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}")
             continue
         md = compiled.metadata
         regs, stores, loads, stack = ptxas_usage(ptxas, compiled.asm["ptx"], md.name)
         stages = consts.get("STAGES", md.num_stages)
-        print(f"{lazy.__name__:<22}{md.num_warps:>6}{stages:>7}{regs:>6}{stores:>10}{loads:>10}"
+        print(f"{kernel_name(lazy):<22}{md.num_warps:>6}{stages:>7}{regs:>6}{stores:>10}{loads:>10}"
               f"{stack:>7}{md.shared:>8}{'  > sm_90 limit, would not launch' if md.shared > SMEM_LIMIT else ''}")
         if a.verbose:
             print(f"    {', '.join(f'{k}={v}' for k, v in consts.items() if v is not None)}")

@@ -168,6 +168,7 @@ def _bwd_dq_kernel(
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, TMA1: tl.constexpr, TMA2: tl.constexpr,
     TMA4: tl.constexpr, TMA8: tl.constexpr, ATOMICS: tl.constexpr, REORDER: tl.constexpr,
     CLEAN1: tl.constexpr, CLEAN2: tl.constexpr, CLEAN4: tl.constexpr, CLEAN8: tl.constexpr,
+    LEVEL1: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -190,8 +191,9 @@ def _bwd_dq_kernel(
     c2 = tl.load(CNT + row * 4 + 1)
     c4 = tl.load(CNT + row * 4 + 2)
     c8 = tl.load(CNT + row * 4 + 3)
-    dq = _dq_any_level(q, do, lse, delta, dq, K1, V1, K1D, V1D, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale, d,
-                       1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS, TMA1, CLEAN1)
+    if LEVEL1:  # else the Gluon kernel does level 1 and adds this pass's (fp32) result
+        dq = _dq_any_level(q, do, lse, delta, dq, K1, V1, K1D, V1D, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale, d,
+                           1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS, TMA1, CLEAN1)
     dq = _dq_any_level(q, do, lse, delta, dq, K2, V2, K2D, V2D, DK2, DV2, lst + c1, c2, bh, Lk, sm_scale, qk_scale,
                        d, 2, BLOCK_N, HEAD_DIM, TILE2, STAGES, DOT_PREC, ATOMICS, TMA2, CLEAN2)
     dq = _dq_any_level(q, do, lse, delta, dq, K4, V4, K4D, V4D, DK4, DV4, lst + c1 + c2, c4, bh, Lk, sm_scale,
@@ -293,11 +295,28 @@ def launch_delta(out, do):
 
 
 def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
+    """dQ (q's dtype); accumulates the pooled levels' dK̄/dV̄ into pooled_grads on the way.
+
+    With cfg.dq_gluon on a Hopper GPU the level-1 pairs go to the Gluon kernel, which adds this
+    pass's pooled-level result (fp32) to its own."""
+    if cfg.dq_gluon:
+        from . import gluon_backward
+
+        if gluon_backward.supported_dq(q, block_m, block_n):
+            partial = launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n,
+                                       sm_scale, cfg, level1=False)
+            return gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, sm_scale, partial)
+    return launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg)
+
+
+def launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg,
+                     level1=True):
+    """The Triton dQ pass; level1=False leaves the level-1 pairs out and returns fp32."""
     batch, heads, length_q, dim = q.shape
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
     (k2, v2), (k4, v4), (k8, v8) = pyramid
     dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
-    dq = torch.empty_like(q)
+    dq = torch.empty_like(q, dtype=q.dtype if level1 else torch.float32)
     tiles = level_tiles(q.dtype, block_n, cfg.dq_tiles, cfg.dq_tma, cfg.dq_pooled_tma)
     (k1d, v1d), (k2d, v2d), (k4d, v4d), (k8d, v8d) = level_descriptors(k, v, pyramid, tiles)
     _bwd_dq_kernel[(n_qb, batch * heads)](
@@ -309,12 +328,19 @@ def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, blo
         TILE1=tiles[0][1], TILE2=tiles[1][1], TILE4=tiles[2][1], TILE8=tiles[3][1],
         STAGES=cfg.dq_stages, DOT_PREC=dot_precision(q), TMA1=tiles[0][0], TMA2=tiles[1][0],
         TMA4=tiles[2][0], TMA8=tiles[3][0], ATOMICS=cfg.dq_pooled_atomics,
-        REORDER=plan.order is not None, **clean_flags(cfg.dq_clean_levels, sm_scale), num_warps=cfg.dq_warps,
+        REORDER=plan.order is not None, **clean_flags(cfg.dq_clean_levels, sm_scale), LEVEL1=level1,
+        num_warps=cfg.dq_warps,
     )
     return dq
 
 
 def launch_dkdv(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
+    if cfg.dkdv_gluon:
+        from . import gluon_backward
+
+        if gluon_backward.supported(q, block_m, block_n):
+            return gluon_backward.launch_dkdv_gluon(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n,
+                                                    sm_scale)
     batch, heads, length_q, dim = q.shape
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
     dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads

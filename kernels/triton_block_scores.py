@@ -38,13 +38,15 @@ from .triton_launch import cdiv, kernel
 
 LOG2_E = 1.4426950408889634
 LOADS = ("contiguous", "tma")
+PASS1 = ("triton", "gluon", "auto")
 SCRATCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Defaults of block_scores_triton (kernel_bench.py --scoring-only times the alternatives).
 DEFAULTS = {"loads": "contiguous", "block_q": 128, "tile_slots": 128, "num_warps": 8, "num_stages": 2,
-            "chunk": 64, "scratch": "fp32", "max_registers": "auto"}
+            "chunk": 64, "scratch": "fp32", "max_registers": "auto", "pass1": "triton"}
 # On CUDA: the fastest measured on an H200 at the Wan shape (BENCHMARKS.md, 2026-11-28 20:05 UTC:
-# 0.73 ms at block_n 64, 0.80 ms at 32, against 0.80 / 0.92 ms with DEFAULTS' loads and scratch).
-CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16"}
+# 0.73 ms at block_n 64, 0.80 ms at 32, against 0.80 / 0.92 ms with DEFAULTS' loads and scratch;
+# 2026-11-29: the Gluon pass 1 where it runs, see gluon_block_scores).
+CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16", "pass1": "auto"}
 
 
 @triton.jit
@@ -241,6 +243,24 @@ def _block_scores_kernel(
             _normalize_rows(OUT, total, bh, tile, num_q_blocks, num_k_blocks, BLOCK_Q // Q_SLOTS, CHUNK)
 
 
+@kernel
+def _pool_scores_kernel(SCRATCH, MAXES, LSE, OUT, Q_VALID, num_q_rows, num_q_blocks, num_k_blocks, num_tiles,
+                        BLOCK_Q: tl.constexpr, Q_SLOTS: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr,
+                        POOL_TILES: tl.constexpr, CHUNK: tl.constexpr, REDUCE: tl.constexpr,
+                        NORMALIZE: tl.constexpr):
+    """Passes 2 and 3 alone, after a separate pass 1 (the Gluon kernel) wrote scratch, maxes and lse."""
+    tile = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_lse = tl.load(LSE + bh * num_q_rows + rows, mask=rows < num_q_rows, other=0.0)
+    total = _pool_query_blocks(SCRATCH, MAXES, OUT, Q_VALID, row_lse, bh, tile, num_q_rows, num_q_blocks,
+                               num_k_blocks, num_tiles, BLOCK_Q, Q_SLOTS, BLOCKS_PER_TILE, POOL_TILES,
+                               REDUCE == "mean")
+    if NORMALIZE:
+        tl.debug_barrier()
+        _normalize_rows(OUT, total, bh, tile, num_q_blocks, num_k_blocks, BLOCK_Q // Q_SLOTS, CHUNK)
+
+
 def _descriptor(x: torch.Tensor, rows: int):
     """TMA descriptor of a contiguous [B, H, S, D] as [B*H*S, D] with (rows, D) boxes."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -270,8 +290,11 @@ def full_key_blocks(k_valid: torch.Tensor, slots: int) -> int:
 
 
 def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots, k_full_blocks,
-            loads, block_q, tile_slots, num_warps, num_stages, chunk, scratch, max_registers):
+            loads, block_q, tile_slots, num_warps, num_stages, chunk, scratch, max_registers, pass1):
     """Shared launcher: returns the pooled scores, or for reduce "none" (scratch, maxes, row lse)."""
+    if _resolve_pass1(pass1, q, k_slots) == "gluon":
+        return _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
+                             k_full_blocks, block_q, chunk, scratch)
     if loads not in LOADS:
         raise ValueError(f"loads must be one of {LOADS}, got {loads!r}")
     if scratch not in SCRATCH_DTYPES:
@@ -310,6 +333,54 @@ def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize,
     return (sums, maxes, out) if reduce == "none" else out
 
 
+def _resolve_pass1(pass1: str, q: torch.Tensor, k_slots: int) -> str:
+    """"triton", "gluon", or for "auto" the Gluon kernel where it runs (Hopper, 16-bit inputs)."""
+    if pass1 not in PASS1:
+        raise ValueError(f"pass1 must be one of {PASS1}, got {pass1!r}")
+    if pass1 == "triton":
+        return pass1
+    from . import gluon_block_scores
+
+    fits = (gluon_block_scores.available(q.device) and q.dtype in (torch.bfloat16, torch.float16)
+            and k_slots <= gluon_block_scores.MAX_SLOTS and 16 <= q.shape[-1] <= 128)
+    if pass1 == "gluon" and not fits:
+        raise ValueError("pass1='gluon' needs Triton's Gluon, a Hopper GPU (compute capability 9.x), bf16/fp16 "
+                         f"inputs, 16 <= D <= 128 and at most {gluon_block_scores.MAX_SLOTS} key slots per block")
+    return "gluon" if fits else "triton"
+
+
+def _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
+                  k_full_blocks, block_q, chunk, scratch):
+    """Pass 1 by the Gluon kernel, then the pooling passes as their own Triton launch."""
+    from .gluon_block_scores import block_sums_gluon
+
+    qs, ks = _operands(q, q_rows), _operands(k, k_rows)
+    sums, maxes, lse, blocks_per_tile = block_sums_gluon(qs, ks, k_valid, k_slots, float(sm_scale) * LOG2_E,
+                                                         k_full_blocks, SCRATCH_DTYPES[scratch])
+    if reduce == "none":
+        return sums, maxes, lse
+    return pool_scores(sums, maxes, lse, q_valid, q_slots, blocks_per_tile, reduce, normalize, block_q, chunk)
+
+
+def pool_scores(sums, maxes, lse, q_valid, q_slots, blocks_per_tile, reduction="max", normalize=True, block_q=128,
+                chunk=64):
+    """Passes 2 and 3 as their own launch: [B, H, nQ, nK] scores from a pass 1's outputs.
+
+    sums [B, H, Sq, nK], maxes [B, H, Sq, tiles], lse [B, H, Sq] as `block_sums` returns them
+    (tiles of blocks_per_tile key blocks); q_valid [Sq] int8 (or bool), q_slots rows per query block.
+    """
+    batch, heads, num_q_rows, num_k_blocks = sums.shape
+    block_q = max(block_q, q_slots)
+    out = torch.empty(batch, heads, num_q_rows // q_slots, num_k_blocks, dtype=torch.float32, device=sums.device)
+    _pool_scores_kernel[(cdiv(num_q_rows, block_q), batch * heads)](
+        sums, maxes, lse, out, _as_int8(q_valid), num_q_rows, num_q_rows // q_slots, num_k_blocks, maxes.shape[-1],
+        BLOCK_Q=block_q, Q_SLOTS=q_slots, BLOCKS_PER_TILE=blocks_per_tile,
+        POOL_TILES=max(1, chunk // blocks_per_tile), CHUNK=chunk, REDUCE=reduction, NORMALIZE=bool(normalize),
+        num_warps=8,
+    )
+    return out
+
+
 def block_scores_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -334,7 +405,9 @@ def block_scores_triton(
     chunk (key blocks per pooling step, at least one tile), scratch ("fp32", or "fp16": half the
     scratch traffic, see `_store_tile`), max_registers (per thread, CUDA only; "auto" caps 8 warps at 128 so two
     programs share an SM and one's exponentials overlap the other's tensor-core products; None:
-    the compiler's choice).
+    the compiler's choice), pass1 ("triton": this kernel; "gluon": pass 1 by the warp-specialised
+    Gluon kernel of gluon_block_scores, Hopper only, then a pooling launch (block_q, chunk and
+    scratch apply to it, the other options to the Triton kernel only); "auto": Gluon where it runs).
     """
     if reduction not in ("max", "mean"):
         raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")

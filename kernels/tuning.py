@@ -45,6 +45,12 @@ class KernelConfig:
     # levels whose clean tiles are taken two per softmax update (one rescale of the output per
     # pair: narrow pooled tiles spend as much on it as on their logits)
     fwd_pair_levels: tuple[int, ...] = ()
+    # the dK/dV pass by the warp-specialised Gluon kernel (gluon_backward; Hopper, 16-bit, D 64/128,
+    # block_m and block_n multiples of 64; the Triton kernel elsewhere)
+    dkdv_gluon: bool = False
+    # the dQ pass's level-1 pairs by the Gluon kernel (gluon_backward, block_m 128), its pooled
+    # levels by the Triton kernel into an fp32 partial the Gluon kernel adds in
+    dq_gluon: bool = False
     heavy_first: bool = True  # grid order by work (a ranking launch per direction) or block order
     dq_pooled_atomics: bool = True  # False only to time the dQ pass without them (wrong grads)
 
@@ -83,7 +89,10 @@ MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
     # forward kernel 2.21-2.31 -> 2.11-2.25 ms at density 0.15 (two A/Bs, 23:54-23:56 UTC),
     # about 1 % slower at density 1.0; pairing TMA level-2
     # tiles instead raised ptxas spills (120/180 -> 164/268 B) and lost 7 % at density 1.0
-    (128, 128, 64, "bfloat16"): _measured(((64, 64, 32, 64), 4, 2), (8, 3), (64, 64, 4, 2), fwd_pooled_tma=False),
+    # the Gluon backward kernels (2026-11-29 ~01:50 UTC, `--variants --variant-block-ns 64`): dK/dV pass
+    # 3.18 -> 2.46 ms, dQ pass 5.03 -> 4.50 ms at density 0.15 (NOTES.md, fifth session)
+    (128, 128, 64, "bfloat16"): _measured(((64, 64, 32, 64), 4, 2), (8, 3), (64, 64, 4, 2), fwd_pooled_tma=False,
+                                          dkdv_gluon=True, dq_gluon=True),
     # block_n 32 (the Wan preset): the dQ pass gathers two 32-key level-1 entries per 64-row tile
     # instead of TMA tiles of one (dQ pass 6.54 -> 6.23 ms at density 0.15; NOTES.md, 20:58 UTC);
     # the forward pairs its 32-key level-1 tiles (2.92 -> 2.48 ms; 16.2 -> 14.6 ms at density 1)

@@ -46,3 +46,30 @@ def test_records_attention_launches_and_reads_ptxas():
     # triton.language globally, which breaks compiling
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+GLUON_CHECK = f"""
+import importlib.util
+from triton import knobs
+spec = importlib.util.spec_from_file_location("kernel_resources", {str(SCRIPT)!r})
+kr = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kr)
+launches = kr.record_gluon_launches(1, 2, 1000, 64, 128, 64)
+assert sorted(kr.kernel_name(k) for k, _, _ in launches) == ["_block_sums_kernel", "_dkdv_kernel", "_dq1_kernel"]
+kernel, args, kwargs = next(x for x in launches if kr.kernel_name(x[0]) == "_dq1_kernel")
+compiled, consts = kr.compile_launch(kernel, args, kwargs)
+assert compiled.metadata.num_warps == 12  # a producer and two consumer warpgroups
+regs, stores, loads, stack = kr.ptxas_usage(knobs.nvidia.ptxas.path, compiled.asm["ptx"], compiled.metadata.name)
+assert regs <= 168 and stores == loads == 0, (regs, stores, loads)
+"""
+
+
+def test_gluon_kernels_compile_for_sm90_without_spills():
+    """The level-1 dQ kernel of gluon_backward builds for an H100/H200 with its register plan intact
+    (the consumers' accumulators fit without spilling), on a machine without a GPU."""
+    from psa_train.kernels.gluon_support import HAVE_GLUON
+
+    if not HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon of a tested version")
+    result = subprocess.run([sys.executable, "-c", GLUON_CHECK], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

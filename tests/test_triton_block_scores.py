@@ -8,6 +8,7 @@ from psa_train.kernels.triton_block_scores import (
     block_logsumexp2,
     block_scores_triton,
     block_sums,
+    pool_scores,
 )
 
 from psa_train.attention import block_scores
@@ -122,6 +123,17 @@ def test_bad_options_are_refused():
         _fused(q, k, 64, 32, 0.25, "max", loads="texture")
     with pytest.raises(ValueError, match="scratch"):
         _fused(q, k, 64, 32, 0.25, "max", scratch="bf16")
+    with pytest.raises(ValueError, match="pass1 must"):
+        _fused(q, k, 64, 32, 0.25, "max", pass1="cuda")
+    with pytest.raises(ValueError, match="Hopper"):  # the Gluon pass 1 never runs on CPU tensors
+        _fused(q, k, 64, 32, 0.25, "max", pass1="gluon")
+
+
+def test_auto_pass1_falls_back_to_triton_off_hopper():
+    q, k = _qk(200, 180, 64, 3)
+    expected = _fused(q, k, 64, 32, 0.25, "max", block_q=32)
+    torch.testing.assert_close(_fused(q, k, 64, 32, 0.25, "max", block_q=32, pass1="auto"), expected,
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("block_n,fraction", [(32, 0.25), (64, 0.25), (128, 0.25), (64, 0.3)])
@@ -137,7 +149,25 @@ def test_block_logsumexp_matches_torch(block_n, fraction):
     torch.testing.assert_close(row_lse, torch.logsumexp(expected * math.log(2.0), -1) / math.log(2.0))
 
 
-GPU_VARIANTS = [{}, {"loads": "contiguous"}, {"loads": "tma"}, {"scratch": "fp16"}, {"block_q": 64, "num_warps": 4}]
+@pytest.mark.parametrize("block_n,fraction,reduction,normalize", [(32, 0.25, "max", True), (64, 0.3, "mean", False)])
+def test_separate_pooling_launch_matches_fused(block_n, fraction, reduction, normalize):
+    """pool_scores (what follows the Gluon pass 1) on a pass 1's outputs gives the fused kernel's scores."""
+    q, k = _qk(300, 280, 64, 21, batch=2)
+    qt = _sample_tables(300, 64, fraction, "cpu")
+    kt = _sample_tables(280, block_n, fraction, "cpu")
+    slots = kt.rows.shape[1]
+    sums, maxes, lse = block_sums(q, k, qt.rows.flatten(), kt.rows.flatten(), kt.valid.flatten(), slots, 0.125,
+                                  tile_slots=64)
+    got = pool_scores(sums, maxes, lse, qt.valid.flatten(), qt.rows.shape[1], 64 // slots, reduction, normalize,
+                      block_q=32, chunk=16)
+    expected = _fused(q, k, 64, block_n, fraction, reduction, normalize, tile_slots=64, block_q=32)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+GPU_VARIANTS = [{}, {"loads": "contiguous"}, {"loads": "tma"}, {"scratch": "fp16"}, {"block_q": 64, "num_warps": 4},
+                {"pass1": "triton"}]
+needs_hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9),
+                                  reason="the Gluon pass 1 needs a Hopper GPU")
 
 
 @pytest.mark.gpu
@@ -158,3 +188,34 @@ def test_compiled_scores_match_float32_torch_on_gpu(length, block_n, reduction):
         relative = (got - expected).norm() / expected.norm()
         assert relative < 1e-2, (options, relative)
 
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize(
+    "batch,length_q,length_k,block_n,fraction,dim,dtype",
+    [
+        (1, 32760, 32760, 64, 0.25, 128, torch.bfloat16),  # the Wan shape
+        (2, 1000, 2100, 32, 0.25, 64, torch.float16),  # 16 blocks per tile; tails both sides
+        (1, 3000, 1500, 128, 0.25, 128, torch.bfloat16),  # 4 blocks per tile
+        (2, 700, 900, 64, 0.3, 64, torch.bfloat16),  # uneven sampling: most tiles masked
+        (1, 500, 600, 16, 0.25, 128, torch.float16),  # 4 slots per block: 32 blocks per tile
+    ],
+)
+@pytest.mark.parametrize("reduction", ["max", "mean"])
+def test_gluon_pass1_matches_triton_on_hopper(batch, length_q, length_k, block_n, fraction, dim, dtype, reduction):
+    gen = torch.Generator(device="cuda").manual_seed(length_q + block_n)
+    q = torch.randn(batch, 3, length_q, dim, device="cuda", generator=gen).to(dtype)
+    k = (torch.randn(batch, 3, length_k, dim, device="cuda", generator=gen) + 0.5 * q.float().mean(2, True)).to(dtype)
+    args = (q, k, 128, block_n, fraction, reduction)
+    triton_scores = _fused(*args, pass1="triton", scratch="fp32")
+    for options in ({"scratch": "fp32"}, {"scratch": "fp16"}):
+        got = _fused(*args, pass1="gluon", **options)
+        relative = (got - triton_scores).norm() / triton_scores.norm()
+        assert relative < 2e-3, (options, relative)
+    qt = _sample_tables(length_q, 128, fraction, "cuda")
+    kt = _sample_tables(length_k, block_n, fraction, "cuda")
+    sums_args = (q, k, qt.rows.flatten(), kt.rows.flatten(), kt.valid.flatten(), kt.rows.shape[1], dim ** -0.5)
+    _, _, lse_triton = block_sums(*sums_args)
+    _, _, lse_gluon = block_sums(*sums_args, pass1="gluon")
+    torch.testing.assert_close(lse_gluon, lse_triton, rtol=1e-4, atol=1e-3)

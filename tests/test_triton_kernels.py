@@ -229,6 +229,33 @@ def test_pyramid_matches_mean_pool():
         torch.testing.assert_close(vp, mean_pool(v, s)[0])
 
 
+def test_dq_pass_without_level_one_is_the_pooled_part():
+    """The Triton dQ pass with level 1 left out (what the Gluon level-1 kernel completes on Hopper)
+    plus a pass over the level-1 pairs alone gives the full dQ (same lse and delta)."""
+    from psa_train.kernels import tuning
+    from psa_train.kernels.triton_backward import launch_delta, launch_dq_triton, pooled_grad_buffers
+    from psa_train.kernels.triton_forward import pyramid_forward
+
+    gen = torch.Generator().manual_seed(12)
+    block_m, block_n = 64, 32
+    q, k, v, do = (torch.randn(1, 2, n, 64, generator=gen, dtype=torch.float32) for n in (150, 200, 200, 150))
+    levels = random_levels(1, 2, 3, 7, gen)
+    cfg = tuning.get_config(64, block_m, block_n, q.dtype)
+    plan = build_plan(levels, block_n, cfg.heavy_first)
+    pyramid = build_pyramid(k, v)
+    out, lse = pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, 0.125, cfg)
+    delta = launch_delta(out, do)
+
+    def dq(plan, level1=True):
+        return launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grad_buffers(k), plan, block_m, block_n,
+                                0.125, cfg, level1)
+
+    pooled_part = dq(plan, level1=False)
+    level1_part = dq(build_plan(torch.where(levels == 1, levels, 0), block_n, cfg.heavy_first))
+    assert pooled_part.dtype == torch.float32 and pooled_part.abs().max() > 0
+    torch.testing.assert_close(pooled_part + level1_part, dq(plan), rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------- GPU
 GPU_CASES = [
     (2, 4, 4000, 4100, 64, torch.bfloat16, 128, 32),
@@ -260,3 +287,29 @@ def test_gpu_empty_rows_and_fp32():
         assert rel_err(g, w) < 1e-4
     empty = (levels == 0).all(-1).repeat_interleave(64, dim=2)[..., :1000]
     assert empty.any() and got[0][empty].abs().max() == 0 and got[1][empty].abs().max() == 0
+
+
+GLUON_DKDV_CASES = [
+    (2, 3, 4000, 4100, 64, torch.bfloat16, 128, 64),  # 65 key blocks: one consumer of the last program idle
+    (1, 4, 8192, 8200, 128, torch.bfloat16, 128, 64),  # the Wan preset's tiles, a key tail of 8
+    (1, 4, 3000, 2900, 128, torch.float16, 64, 128),  # two 64-key sub-blocks per key block (dQ: Triton)
+    (1, 4, 3000, 2900, 128, torch.float16, 128, 128),  # two 64-key steps per level-1 entry in the dQ kernel
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9),
+                    reason="the Gluon backward kernels need a Hopper GPU")
+@pytest.mark.parametrize("case", GLUON_DKDV_CASES, ids=lambda c: f"L{c[2]}x{c[3]}-D{c[4]}-{c[6]}x{c[7]}")
+def test_gluon_backward_matches_reference_and_triton(case, monkeypatch):
+    from psa_train.kernels import gluon_backward, tuning
+
+    batch, heads, lq, lk, dim, dtype, bm, bn = case
+    assert gluon_backward.supported(torch.empty(1, 1, 1, dim, dtype=dtype, device="cuda"), bm, bn)
+    monkeypatch.setattr(tuning, "CHANGES", {"dkdv_gluon": True, "dq_gluon": True})
+    got, want, _ = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=11, device="cuda")
+    monkeypatch.setattr(tuning, "CHANGES", {"dkdv_gluon": False, "dq_gluon": False})
+    triton_got, _, _ = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=11, device="cuda")
+    for name, g, w, t in zip(("out", "dq", "dk", "dv"), got, want, triton_got):
+        assert rel_err(g, w) < 1e-2, f"{name}: relative error {rel_err(g, w):.2e}"
+        assert rel_err(g, t) < 2e-3, f"{name} differs from the Triton passes: {rel_err(g, t):.2e}"

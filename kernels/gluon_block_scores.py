@@ -1,0 +1,213 @@
+"""Pass 1 of block scoring for Hopper GPUs, written in Gluon with warp specialisation.
+
+Why a second version of `triton_block_scores`' pass 1: that loop (sampled QKᵀ, one exponential
+per logit, block sums by an indicator product) ran at ~300 TFLOP/s on an H200, under half the
+device's matrix rate, because every warpgroup waits for its own tensor-core product before its
+exponentials and Triton 3.6 can neither keep a product in flight across iterations nor split the
+loop into producer and consumer warps for it (benchmarks/NOTES.md, fifth session). Gluon states
+the schedule explicitly, as FlashAttention 3 does:
+
+  * one producer warp streams the sampled key tiles into a ring of shared-memory buffers by TMA
+    (mbarriers say when a buffer is full and when both consumers are done with it);
+  * two consumer warpgroups own 64 sampled query rows each; while one computes its exponentials
+    the other's product runs on the tensor cores.
+
+Output contract as `triton_block_scores.block_sums`: per (row, key block) sums of 2^(x - m_t)
+against the tile's row max m_t (scratch dtype), the maxes [rows, tiles], and each row's base-2
+log-sum-exp. The pooling pass (`triton_block_scores.pool_scores`) turns them into scores.
+CUDA only, compute capability 9.x; everything else takes the Triton kernel (which CI tests on CPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from .gluon_support import HAVE_GLUON, on_hopper
+
+if HAVE_GLUON:
+    from .gluon_support import (
+        descriptor,
+        fence_async_shared,
+        gl,
+        gluon,
+        mbarrier,
+        ring_barriers,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+        wgmma_layout,
+    )
+
+ROWS = 64  # query rows per consumer warpgroup (128 measured slower on an H200)
+MAX_SLOTS = 256  # key slots per block at most: one step holds whole blocks, a TMA box side is <= 256
+SHARED_BYTES = 220 * 1024  # of sm_90's 227 KiB per block, leaving room for barriers
+
+
+def available(device: torch.device) -> bool:
+    """Whether this path can run on `device` (gluon_support.on_hopper)."""
+    return on_hopper(device)
+
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _load_tiles(q_desc, k_desc, q_smem, k_bufs, q_ready, k_ready, k_empty, q_row, k_row, num_tiles,
+                    STAGES: gl.constexpr):
+        """Producer: the query tile once, then key tile t into buffer t % STAGES when it is free."""
+        mbarrier.expect(q_ready, q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_smem)
+        for t in range(num_tiles):
+            stage = t % STAGES
+            mbarrier.wait(k_empty.index(stage), ((t // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [k_row + t * k_desc.block_type.shape[0], 0],
+                                            k_ready.index(stage), k_bufs.index(stage))
+
+    @gluon.jit
+    def _tile_weights(raw, t, clean_tiles, K_VALID, num_k_rows, scale, TILE_K: gl.constexpr,
+                      s_layout: gl.constexpr, p_layout: gl.constexpr, rows_o: gl.constexpr):
+        """2^(x - m) of one tile's logits as the bf16 operand of the block-sum product, and m per row.
+
+        Tail tiles (t >= clean_tiles) mask invalid sampled slots and slots past the head's end.
+        """
+        if t >= clean_tiles:
+            cols = t * TILE_K + gl.arange(0, TILE_K, layout=gl.SliceLayout(0, s_layout))
+            valid = gl.load(K_VALID + cols, mask=cols < num_k_rows, other=0) != 0
+            raw = raw + gl.where(valid, 0.0, float("-inf"))[None, :]
+        tile_max = gl.max(raw, axis=1)
+        tile_max = gl.where(tile_max == float("-inf"), 0.0, tile_max) * scale
+        weights = gl.exp2(raw * scale - tile_max[:, None])
+        return gl.convert_layout(weights.to(gl.bfloat16), p_layout), gl.convert_layout(tile_max, rows_o)
+
+    @gluon.jit
+    def _record_tile(sums, tile_max, row_max, row_sum, t, SCRATCH, MAXES, row_ids, row_ok, slot, num_k_blocks,
+                     num_tiles, BLOCKS_PER_TILE: gl.constexpr):
+        """Store one tile's block sums and row max; return the running row max and sum (for the lse)."""
+        blocks = t * BLOCKS_PER_TILE + slot
+        keep = (slot < BLOCKS_PER_TILE) & (blocks < num_k_blocks)
+        gl.store(SCRATCH + row_ids[:, None] * num_k_blocks + blocks[None, :],
+                 sums.to(SCRATCH.dtype.element_ty), mask=row_ok[:, None] & keep[None, :])
+        gl.store(MAXES + row_ids * num_tiles + t, tile_max, mask=row_ok)
+        new_max = gl.maximum(row_max, tile_max)
+        row_sum = row_sum * gl.exp2(row_max - new_max) + gl.sum(sums, axis=1) * gl.exp2(tile_max - new_max)
+        return new_max, row_sum
+
+    @gluon.jit
+    def _score_rows(q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                    bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                    CONSUMER: gl.constexpr, ROWS: gl.constexpr, TILE_K: gl.constexpr,
+                    BLOCKS_PER_TILE: gl.constexpr, OUT_COLS: gl.constexpr, STAGES: gl.constexpr):
+        """Consumer: ROWS query rows against every key tile; block sums, tile maxes, row lse to memory."""
+        s_layout: gl.constexpr = wgmma_layout(TILE_K)
+        o_layout: gl.constexpr = wgmma_layout(OUT_COLS)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+        rows = first_row + CONSUMER * ROWS + gl.arange(0, ROWS, layout=rows_o)
+        row_ok = rows < num_q_rows
+        row_ids = bh * num_q_rows + rows
+        slot = gl.arange(0, OUT_COLS, layout=gl.SliceLayout(0, o_layout))
+        q = q_smem.slice(CONSUMER * ROWS, ROWS, dim=0)
+        row_max = gl.full([ROWS], float("-inf"), gl.float32, layout=rows_o)
+        row_sum = gl.zeros([ROWS], gl.float32, layout=rows_o)
+        mbarrier.wait(q_ready, 0)
+        for t in range(num_tiles):
+            stage = t % STAGES
+            mbarrier.wait(k_ready.index(stage), (t // STAGES) & 1)
+            logits = warpgroup_mma(q, k_bufs.index(stage).permute((1, 0)),
+                                   gl.zeros([ROWS, TILE_K], gl.float32, layout=s_layout), use_acc=False, is_async=True)
+            raw = warpgroup_mma_wait(num_outstanding=0, deps=(logits,))
+            mbarrier.arrive(k_empty.index(stage), count=1)
+            p, tile_max = _tile_weights(raw, t, clean_tiles, K_VALID, num_k_rows, scale, TILE_K, s_layout,
+                                        p_layout, rows_o)
+            sums = warpgroup_mma(p, ind_smem, gl.zeros([ROWS, OUT_COLS], gl.float32, layout=o_layout), use_acc=False)
+            row_max, row_sum = _record_tile(sums, tile_max, row_max, row_sum, t, SCRATCH, MAXES, row_ids, row_ok,
+                                            slot, num_k_blocks, num_tiles, BLOCKS_PER_TILE)
+        gl.store(LSE + row_ids, row_max + gl.log2(row_sum), mask=row_ok)
+
+    @gluon.jit
+    def _block_sums_kernel(q_desc, k_desc, K_VALID, SCRATCH, MAXES, LSE,
+                           num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                           K_SLOTS: gl.constexpr, OUT_COLS: gl.constexpr, STAGES: gl.constexpr,
+                           NUM_WARPS: gl.constexpr):
+        ROWS: gl.constexpr = q_desc.block_type.shape[0] // 2  # two consumers
+        HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
+        TILE_K: gl.constexpr = k_desc.block_type.shape[0]
+        BLOCKS_PER_TILE: gl.constexpr = TILE_K // K_SLOTS
+        dtype: gl.constexpr = q_desc.dtype
+        FIRST: gl.constexpr = 0
+        SECOND: gl.constexpr = 1
+        tile = gl.program_id(0)
+        bh = gl.program_id(1).to(gl.int64)
+        first_row = tile * (2 * ROWS)
+
+        q_smem = gl.allocate_shared_memory(dtype, q_desc.block_type.shape, q_desc.layout)
+        k_bufs = gl.allocate_shared_memory(dtype, [STAGES, TILE_K, HEAD_DIM], k_desc.layout)
+        # block sums as a product with a 0/1 matrix: column j of a tile belongs to block j // K_SLOTS
+        ind_regs: gl.constexpr = gl.BlockedLayout([1, OUT_COLS], [32, 1], [NUM_WARPS, 1], [1, 0])
+        key = gl.arange(0, TILE_K, layout=gl.SliceLayout(1, ind_regs))
+        owner = gl.arange(0, OUT_COLS, layout=gl.SliceLayout(0, ind_regs))
+        indicator = ((key[:, None] // K_SLOTS) == owner[None, :]).to(gl.bfloat16)  # weights go bf16 too
+        ind_smem = gl.allocate_shared_memory(gl.bfloat16, [TILE_K, OUT_COLS],
+                                             gl.NVMMASharedLayout.get_default_for([TILE_K, OUT_COLS], gl.bfloat16),
+                                             indicator)
+        q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_ready, count=1)
+        k_ready, k_empty = ring_barriers(STAGES, 2)  # one arrive per consumer
+        fence_async_shared()
+
+        gl.warp_specialize(
+            [(_load_tiles, (q_desc, k_desc, q_smem, k_bufs, q_ready, k_ready, k_empty,
+                            (bh * num_q_rows + first_row).to(gl.int32), (bh * num_k_rows).to(gl.int32),
+                            num_tiles, STAGES)),
+             (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                            bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                            FIRST, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES)),
+             (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                            bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                            SECOND, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES))],
+            [4, 4], [232, 232])
+
+
+def step_keys(k_slots: int) -> int:
+    """Sampled keys per step: 256 where key blocks hold 16+ samples, else 128 (H200, BENCHMARKS.md).
+
+    Longer steps mean fewer, larger products per exponential pass; at 8 slots per block a 256-key
+    step makes 32 blocks per tile, and the pooling pass over such tiles was slower than the gain.
+    """
+    return max(k_slots, 256 if k_slots >= 16 else 128)
+
+
+def ring_stages(tile: int, dim: int, out_cols: int) -> int:
+    """Key tiles in flight: three where shared memory holds them next to the query tile, else two."""
+    fixed = (2 * ROWS * dim + tile * out_cols) * 2
+    return 3 if fixed + 3 * tile * dim * 2 <= SHARED_BYTES else 2
+
+
+def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, k_slots: int, scale_log2: float,
+                     clean_blocks: int, scratch_dtype: torch.dtype):
+    """Pass 1 on gathered operands qs [B, H, Sq, D], ks [B, H, Sk, D] (bf16/fp16, contiguous).
+
+    Returns (sums [B, H, Sq, nK] in scratch_dtype, maxes [B, H, Sq, tiles] fp32, lse [B, H, Sq]
+    fp32, blocks per tile) with the meaning of `triton_block_scores.block_sums`. clean_blocks:
+    leading key blocks whose tiles need no validity mask.
+    """
+    batch, heads, num_q_rows, dim = qs.shape
+    num_k_rows = ks.shape[2]
+    num_k_blocks = num_k_rows // k_slots
+    tile = step_keys(k_slots)
+    blocks_per_tile = tile // k_slots
+    num_tiles = triton.cdiv(num_k_blocks, blocks_per_tile)
+    out_cols = max(16, blocks_per_tile)
+    q_desc, k_desc = descriptor(qs, 2 * ROWS), descriptor(ks, tile)
+    sums = torch.empty(batch, heads, num_q_rows, num_k_blocks, dtype=scratch_dtype, device=qs.device)
+    maxes = torch.empty(batch, heads, num_q_rows, num_tiles, dtype=torch.float32, device=qs.device)
+    lse = torch.empty(batch, heads, num_q_rows, dtype=torch.float32, device=qs.device)
+    grid = (triton.cdiv(num_q_rows, 2 * ROWS), batch * heads)
+    _block_sums_kernel[grid](q_desc, k_desc, k_valid, sums, maxes, lse,
+                             num_q_rows, num_k_rows, num_k_blocks, num_tiles,
+                             min(clean_blocks, num_k_blocks) // blocks_per_tile, scale_log2,
+                             K_SLOTS=k_slots, OUT_COLS=out_cols, STAGES=ring_stages(tile, dim, out_cols),
+                             NUM_WARPS=4, num_warps=4)
+    return sums, maxes, lse, blocks_per_tile
