@@ -25,6 +25,7 @@ triton's shared memory per program (dynamic, bytes). ``stages`` is the kernel's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import re
 import subprocess
@@ -89,8 +90,8 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
         return torch.empty(shape, dtype=dt, device="meta")
 
     q, k, v, do = (t(batch, heads, length, dim) for _ in range(4))
-    lse, delta, partial = t(batch, heads, length, dt=torch.float32), t(batch, heads, length, dt=torch.float32), \
-        t(batch, heads, length, dim, dt=torch.float32)
+    lse, delta = (t(batch, heads, length, dt=torch.float32) for _ in range(2))
+    partial = t(batch, heads, length, dim, dt=torch.float32)
     pooled = [t(batch, heads, triton.cdiv(length, s), dim, dt=torch.float32) for s in (2, 2, 4, 4, 8, 8)]
     n_qb, n_kb, bh = triton.cdiv(length, block_m), triton.cdiv(length, block_n), batch * heads
     plan = SimpleNamespace(idx=t(bh, n_qb, n_kb, dt=torch.int32), cnt=t(bh, n_qb, 4, dt=torch.int32),
@@ -99,17 +100,13 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
     slots = max(1, block_n // 4)
     sampled = triton.cdiv(length, block_n) * slots
     kernels = {"_dkdv_kernel": gluon_backward, "_dq1_kernel": gluon_backward, "_block_sums_kernel": gluon_block_scores}
-    patches = [mock.patch.object(module, name, Recorder(getattr(module, name))) for name, module in kernels.items()]
-    for patch in patches:
-        patch.start()
-    try:
+    with contextlib.ExitStack() as stack:
+        for name, module in kernels.items():
+            stack.enter_context(mock.patch.object(module, name, Recorder(getattr(module, name))))
         gluon_backward.launch_dkdv_gluon(q, k, v, do, lse, delta, pooled, plan, block_m, block_n, dim ** -0.5)
         gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, dim ** -0.5, partial)
         gluon_block_scores.block_sums_gluon(t(batch, heads, sampled, dim), t(batch, heads, sampled, dim),
                                             t(sampled, dt=torch.int8), slots, 0.1, n_kb, torch.float16)
-    finally:
-        for patch in patches:
-            patch.stop()
     return launches
 
 

@@ -292,13 +292,13 @@ def full_key_blocks(k_valid: torch.Tensor, slots: int) -> int:
 def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots, k_full_blocks,
             loads, block_q, tile_slots, num_warps, num_stages, chunk, scratch, max_registers, pass1):
     """Shared launcher: returns the pooled scores, or for reduce "none" (scratch, maxes, row lse)."""
-    if _resolve_pass1(pass1, q, k_slots) == "gluon":
-        return _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
-                             k_full_blocks, block_q, chunk, scratch)
     if loads not in LOADS:
         raise ValueError(f"loads must be one of {LOADS}, got {loads!r}")
     if scratch not in SCRATCH_DTYPES:
         raise ValueError(f"scratch must be one of {tuple(SCRATCH_DTYPES)}, got {scratch!r}")
+    if _resolve_pass1(pass1, q, k_slots) == "gluon":
+        return _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
+                             k_full_blocks, block_q, chunk, scratch)
     batch, heads, _, dim = q.shape
     num_q_rows, num_k_rows = q_rows.numel(), k_rows.numel()
     num_k_blocks = num_k_rows // k_slots
@@ -460,9 +460,10 @@ def block_logsumexp2(
 ) -> torch.Tensor:
     """[B, H, len(q_rows), nK] float32: log2 Σ_{sampled keys of block j} 2^(q·k·scale·log2e).
 
-    `block_sums` turned into per-block log-sum-exps (torch ops). A block with no valid slot,
-    or whose terms all underflow against its tile's max, gets -inf.
+    `block_sums` turned into per-block log-sum-exps (torch ops), with the Triton pass 1 (whose
+    tiles `tile_slots` sets). A block with no valid slot, or whose terms all underflow against its
+    tile's max, gets -inf.
     """
-    sums, maxes, _ = block_sums(q, k, q_rows, k_rows, k_valid, slots, sm_scale, **options)
+    sums, maxes, _ = block_sums(q, k, q_rows, k_rows, k_valid, slots, sm_scale, **{**options, "pass1": "triton"})
     per_tile = _blocks_per_tile(options.get("tile_slots", DEFAULTS["tile_slots"]), slots)
     return maxes.repeat_interleave(per_tile, dim=-1)[..., : sums.shape[-1]] + torch.log2(sums.float())
