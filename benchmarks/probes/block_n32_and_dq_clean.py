@@ -1,19 +1,16 @@
 """block_n 32 forward variants after the bias-free step on gathered tiles; the dQ pass with and
 without it (Wan shape). Run from the repository root."""
-import sys, torch, triton
-sys.path.insert(0, "benchmarks")
-from kernel_bench import make_levels, inputs, bench, MIXES
+import torch, triton
+from wan_setup import B, H, L, D, SCALE, wan_inputs
+from kernel_bench import make_levels, bench, MIXES
 from psa_train.kernels import tuning
 from psa_train.kernels.block_lists import build_plan
 from psa_train.kernels.triton_pyramid import build_pyramid
 from psa_train.kernels.triton_forward import pyramid_forward
 from psa_train.kernels.triton_backward import launch_delta, launch_dq, pooled_grad_buffers
 
-dev = "cuda"
-gen = torch.Generator(device=dev).manual_seed(0)
-B, H, L, D = 1, 12, 32760, 128
-q, k, v, do = (t.detach() for t in inputs((B, H, L, D), dev, gen))
-scale = D ** -0.5
+dev, scale = "cuda", SCALE
+gen, q, k, v, do = wan_inputs()
 pyr = build_pyramid(k, v)
 FWD = {
     32: [("old: 8w 3st, gathered masked", dict(fwd_clean_levels=(1, 2))), ("8w 3st clean", {}),

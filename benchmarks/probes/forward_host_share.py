@@ -1,15 +1,13 @@
 """The whole forward through the API, eager vs CUDA-graph replay: how much of it is host time.
 Run from the repository root."""
-import sys, torch, triton
-sys.path.insert(0, "benchmarks")
-from kernel_bench import make_levels, inputs, bench, MIXES, graph_time
+import torch, triton
+from wan_setup import B, H, L, wan_inputs
+from kernel_bench import make_levels, bench, MIXES, graph_time
 from psa_train.kernels import pyramid_attention
 from psa_train.kernels.block_lists import build_plan
 
 dev = "cuda"
-gen = torch.Generator(device=dev).manual_seed(0)
-B, H, L, D = 1, 12, 32760, 128
-q, k, v, do = (t.detach() for t in inputs((B, H, L, D), dev, gen))
+gen, q, k, v, do = wan_inputs()
 for bn in (64, 32):
     levels = make_levels(B, H, triton.cdiv(L, 128), triton.cdiv(L, bn), MIXES[0.15], dev, gen)
     fwd = lambda: pyramid_attention(q, k, v, levels, 128, bn)

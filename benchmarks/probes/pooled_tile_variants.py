@@ -1,19 +1,16 @@
 """Forward kernel variants: paired pooled tiles, the bias-free step on gathered tiles, pooled
 tile widths, on density-0.15 maps and on level-2-only / level-8-only maps (Wan shape).
 Run from the repository root: python3 benchmarks/probes/pooled_tile_variants.py"""
-import sys, time, torch, triton
-sys.path.insert(0, "benchmarks")
-from kernel_bench import make_levels, inputs, bench, MIXES
+import time, triton
+from wan_setup import B, H, L, D, SCALE, wan_inputs
+from kernel_bench import make_levels, bench, MIXES
 from psa_train.kernels import tuning
 from psa_train.kernels.block_lists import build_plan
 from psa_train.kernels.triton_pyramid import build_pyramid
 from psa_train.kernels.triton_forward import pyramid_forward
 
-dev = "cuda"
-gen = torch.Generator(device=dev).manual_seed(0)
-B, H, L, D = 1, 12, 32760, 128
-q, k, v, do = (t.detach() for t in inputs((B, H, L, D), dev, gen))
-scale = D ** -0.5
+dev, scale = "cuda", SCALE
+gen, q, k, v, do = wan_inputs()
 pyr = build_pyramid(k, v)
 VARIANTS = {
     64: [("base (gathered L8 clean)", {}), ("old: L8 masked", dict(fwd_clean_levels=(1, 2, 4))),

@@ -1,19 +1,16 @@
 """Forward pooled-tile variants at densities 0.15 and 1.0, and a pyramid kernel that loads
 [rows, s, D] blocks and sums them (measured no faster; kept here only). Run from the repository root."""
-import sys, torch, triton
+import torch, triton
 import triton.language as tl
-sys.path.insert(0, "benchmarks")
-from kernel_bench import make_levels, inputs, bench, MIXES
+from wan_setup import B, H, L, D, SCALE, wan_inputs
+from kernel_bench import make_levels, bench, MIXES
 from psa_train.kernels import tuning
 from psa_train.kernels.block_lists import build_plan
 from psa_train.kernels.triton_pyramid import build_pyramid
 from psa_train.kernels.triton_forward import pyramid_forward
 
-dev = "cuda"
-gen = torch.Generator(device=dev).manual_seed(0)
-B, H, L, D = 1, 12, 32760, 128
-q, k, v, do = (t.detach() for t in inputs((B, H, L, D), dev, gen))
-scale = D ** -0.5
+dev, scale = "cuda", SCALE
+gen, q, k, v, do = wan_inputs()
 pyr = build_pyramid(k, v)
 
 

@@ -3,7 +3,7 @@ without host overhead (CUDA graphs), the forward kernel per level (Wan shape, H2
 Run from the repository root: python3 benchmarks/probes/stage_profile.py"""
 import sys, torch, triton
 sys.path.insert(0, "benchmarks")
-from kernel_bench import make_levels, inputs, bench, MIXES
+from kernel_bench import make_levels, inputs, bench, MIXES, graph_time
 from psa_train.kernels import tuning
 from psa_train.kernels.block_lists import build_plan
 from psa_train.kernels.triton_pyramid import build_pyramid
@@ -18,15 +18,6 @@ n_qb, n_kb = triton.cdiv(L, 128), triton.cdiv(L, 64)
 scale = D ** -0.5
 cfg = tuning.get_config(D, 128, 64, q.dtype)
 
-def graph_ms(fn, reps=50):
-    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn(); fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return bench(g.replay)
 
 levels = make_levels(B, H, n_qb, n_kb, MIXES[0.15], dev, gen)
 # A. per-kernel GPU times of one forward+backward through the autograd function
@@ -43,12 +34,12 @@ print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
 
 # B. lists and pyramid without host overhead (graph replay) and by do_bench
 print("lists do_bench", bench(lambda: build_plan(levels, 64, True, transposed=False)))
-print("lists graph", graph_ms(lambda: build_plan(levels, 64, True, transposed=False)))
-print("lists no order graph", graph_ms(lambda: build_plan(levels, 64, False, transposed=False)))
+print("lists graph", graph_time(lambda: build_plan(levels, 64, True, transposed=False)))
+print("lists no order graph", graph_time(lambda: build_plan(levels, 64, False, transposed=False)))
 for chunk in (32, 64, 128, 256):
     for w in (2, 4, 8):
         try:
-            print("pyramid chunk", chunk, "warps", w, "graph", round(graph_ms(lambda: build_pyramid(kd, vd, chunk, w)), 4))
+            print("pyramid chunk", chunk, "warps", w, "graph", round(graph_time(lambda: build_pyramid(kd, vd, chunk, w)), 4))
         except Exception as e:
             print("pyramid", chunk, w, "failed", type(e).__name__, str(e)[:200])
 
