@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .gluon_support import HAVE_GLUON, on_hopper
+from .triton_forward import LOG2E
 from .triton_launch import cdiv
 
 if HAVE_GLUON:
@@ -312,7 +313,7 @@ def launch_dkdv_gluon(q, k, v, do, lse, delta, pooled_grads, plan, block_m, bloc
     _dkdv_kernel[(cdiv(n_items, 2), batch * heads)](
         descriptor(q, SUB), descriptor(do, SUB), descriptor(k, SUB), descriptor(v, SUB), lse, delta, dk, dv,
         dk2, dv2, dk4, dv4, dk8, dv8, plan.idx_t, plan.cnt_t, order,
-        sm_scale, sm_scale * 1.4426950408889634, length_q, k.shape[2], n_qb, n_kb, n_items,
+        sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb, n_items,
         BLOCK_M=block_m, BLOCK_N=block_n, STAGES=STAGES, REORDER=plan.order_t is not None, num_warps=4,
     )
     return dk, dv
@@ -332,7 +333,7 @@ def launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, sm_scale, 
     order = plan.order if plan.order is not None else plan.cnt  # placeholder pointer when unused
     _dq1_kernel[(n_qb, batch * heads)](
         descriptor(q, block_m), descriptor(do, block_m), descriptor(k, SUB), descriptor(v, SUB), lse, delta, partial, dq,
-        plan.idx, plan.cnt, order, sm_scale, sm_scale * 1.4426950408889634, length_q, k.shape[2], n_qb, n_kb,
+        plan.idx, plan.cnt, order, sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
         BLOCK_M=block_m, BLOCK_N=block_n, STAGES=3, REORDER=plan.order is not None, num_warps=4,
     )
     return dq

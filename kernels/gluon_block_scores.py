@@ -2,10 +2,10 @@
 
 Why a second version of `triton_block_scores`' pass 1: that loop (sampled QKᵀ, one exponential
 per logit, block sums by an indicator product) ran at ~300 TFLOP/s on an H200, under half the
-device's matrix rate, because every warpgroup waits for its own tensor-core product before its
-exponentials and Triton 3.6 can neither keep a product in flight across iterations nor split the
-loop into producer and consumer warps for it (benchmarks/NOTES.md, fifth session). Gluon states
-the schedule explicitly, as FlashAttention 3 does:
+device's matrix rate, and Triton 3.6 can neither keep a product in flight across iterations nor
+split the loop into producer and consumer warps (benchmarks/NOTES.md, fifth session). Gluon states
+the schedule explicitly, as FlashAttention 3 does (measured: pass 1 about 15-20 % faster; what
+still limits it is not known):
 
   * one producer warp streams the sampled key tiles into a ring of shared-memory buffers by TMA
     (mbarriers say when a buffer is full and when both consumers are done with it);
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .gluon_support import HAVE_GLUON, on_hopper
+from .gluon_support import HAVE_GLUON
 
 if HAVE_GLUON:
     from .gluon_support import (
@@ -42,11 +42,6 @@ if HAVE_GLUON:
 ROWS = 64  # query rows per consumer warpgroup (128 measured slower on an H200)
 MAX_SLOTS = 256  # key slots per block at most: one step holds whole blocks, a TMA box side is <= 256
 SHARED_BYTES = 220 * 1024  # of sm_90's 227 KiB per block, leaving room for barriers
-
-
-def available(device: torch.device) -> bool:
-    """Whether this path can run on `device` (gluon_support.on_hopper)."""
-    return on_hopper(device)
 
 
 if HAVE_GLUON:

@@ -340,8 +340,9 @@ def _resolve_pass1(pass1: str, q: torch.Tensor, k_slots: int) -> str:
     if pass1 == "triton":
         return pass1
     from . import gluon_block_scores
+    from .gluon_support import on_hopper
 
-    fits = (gluon_block_scores.available(q.device) and q.dtype in (torch.bfloat16, torch.float16)
+    fits = (on_hopper(q.device) and q.dtype in (torch.bfloat16, torch.float16)
             and k_slots <= gluon_block_scores.MAX_SLOTS and 16 <= q.shape[-1] <= 128)
     if pass1 == "gluon" and not fits:
         raise ValueError("pass1='gluon' needs Triton's Gluon, a Hopper GPU (compute capability 9.x), bf16/fp16 "

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from psa_train.kernels.gluon_support import on_hopper
 from psa_train.kernels.triton_block_scores import (
     block_logsumexp2,
     block_scores_triton,
@@ -166,8 +167,8 @@ def test_separate_pooling_launch_matches_fused(block_n, fraction, reduction, nor
 
 GPU_VARIANTS = [{}, {"loads": "contiguous"}, {"loads": "tma"}, {"scratch": "fp16"}, {"block_q": 64, "num_warps": 4},
                 {"pass1": "triton"}]
-needs_hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9),
-                                  reason="the Gluon pass 1 needs a Hopper GPU")
+needs_hopper = pytest.mark.skipif(not (torch.cuda.is_available() and on_hopper(torch.device("cuda"))),
+                                  reason="the Gluon pass 1 needs a Hopper GPU and a Triton with Gluon")
 
 
 @pytest.mark.gpu

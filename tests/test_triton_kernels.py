@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 
 from psa_train.kernels import mean_pool, pyramid_attention, reference_pyramid_attention  # noqa: E402
 from psa_train.kernels.block_lists import build_plan, with_transposed  # noqa: E402
+from psa_train.kernels.gluon_support import on_hopper  # noqa: E402
 from psa_train.kernels.triton_pyramid import build_pyramid  # noqa: E402
 
 LEVELS = torch.tensor([0, 1, 2, 4, 8])
@@ -298,8 +299,8 @@ GLUON_DKDV_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9),
-                    reason="the Gluon backward kernels need a Hopper GPU")
+@pytest.mark.skipif(not (torch.cuda.is_available() and on_hopper(torch.device("cuda"))),
+                    reason="the Gluon backward kernels need a Hopper GPU and a Triton with Gluon")
 @pytest.mark.parametrize("case", GLUON_DKDV_CASES, ids=lambda c: f"L{c[2]}x{c[3]}-D{c[4]}-{c[6]}x{c[7]}")
 def test_gluon_backward_matches_reference_and_triton(case, monkeypatch):
     from psa_train.kernels import gluon_backward, tuning
