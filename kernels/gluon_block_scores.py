@@ -4,7 +4,7 @@ Why a second version of `triton_block_scores`' pass 1: that loop (sampled QKᵀ,
 per logit, block sums by an indicator product) ran at ~300 TFLOP/s on an H200, under half the
 device's matrix rate, and Triton 3.6 can neither keep a product in flight across iterations nor
 split the loop into producer and consumer warps (benchmarks/NOTES.md, fifth session). Gluon states
-the schedule explicitly, as FlashAttention 3 does (measured: pass 1 about 15-20 % faster; what
+the schedule explicitly, as FlashAttention 3 does (measured: pass 1 about 14-19 % faster; what
 still limits it is not known):
 
   * one producer warp streams the sampled key tiles into a ring of shared-memory buffers by TMA
