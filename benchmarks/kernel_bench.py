@@ -222,6 +222,11 @@ KERNEL_VARIANTS = {
     "dq + dkdv gluon": dict(dq_gluon=True, dkdv_gluon=True),
     "dq + dkdv triton": dict(dq_gluon=False, dkdv_gluon=False),
     "no pooled atomics (wrong grads)": dict(dq_pooled_atomics=False),
+    # the Gluon forward (Hopper) against the Triton one
+    "fwd gluon 64-row tiles": dict(fwd_gluon=True, fwd_gluon_tile=64, fwd_gluon_stages=3),
+    "fwd gluon 64-row tiles 4 stages": dict(fwd_gluon=True, fwd_gluon_tile=64, fwd_gluon_stages=4),
+    "fwd gluon 128-row tiles": dict(fwd_gluon=True, fwd_gluon_tile=128, fwd_gluon_stages=2),
+    "fwd triton": dict(fwd_gluon=False),
     # block_n 32: level-1 entries are 32 rows; gathering two per 64-row tile instead of TMA tiles of 32
     "fwd level-1 gathers 64-row tiles": dict(fwd_tma=False, fwd_tiles=(64, 32, 32, 32)),
     "dq level-1 gathers 64-row tiles": dict(dq_tma=False),

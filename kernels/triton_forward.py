@@ -352,7 +352,15 @@ def level_descriptors(k, v, pyramid, plan_tiles):
 
 
 def pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg):
-    """out [B,H,Lq,D] (q's dtype) and base-2 LSE [B,H,Lq] (fp32) of contiguous q, k, v."""
+    """out [B,H,Lq,D] (q's dtype) and base-2 LSE [B,H,Lq] (fp32) of contiguous q, k, v.
+
+    With cfg.fwd_gluon on a Hopper GPU the Gluon kernel (gluon_forward) runs instead."""
+    if cfg.fwd_gluon:
+        from . import gluon_forward
+
+        if gluon_forward.supported(q, block_m, block_n, sm_scale):
+            return gluon_forward.launch_fwd_gluon(q, k, v, pyramid, plan, block_m, block_n, sm_scale,
+                                                  cfg.fwd_gluon_tile, cfg.fwd_gluon_stages)
     batch, heads, length_q, dim = q.shape
     length_k = k.shape[2]
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]

@@ -51,6 +51,11 @@ class KernelConfig:
     # the dQ pass's level-1 pairs by the Gluon kernel (gluon_backward, block_m 128), its pooled
     # levels by the Triton kernel into an fp32 partial the Gluon kernel adds in
     dq_gluon: bool = False
+    # the forward by the warp-specialised Gluon kernel (gluon_forward; Hopper, 16-bit, D 64/128,
+    # block_m 128, block_n a multiple of 64): key tiles of fwd_gluon_tile rows, that many in flight
+    fwd_gluon: bool = False
+    fwd_gluon_tile: int = 64
+    fwd_gluon_stages: int = 3
     heavy_first: bool = True  # grid order by work (a ranking launch per direction) or block order
     dq_pooled_atomics: bool = True  # False only to time the dQ pass without them (wrong grads)
 

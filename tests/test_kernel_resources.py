@@ -55,18 +55,21 @@ spec = importlib.util.spec_from_file_location("kernel_resources", {str(SCRIPT)!r
 kr = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(kr)
 launches = kr.record_gluon_launches(1, 2, 1000, 64, 128, 64)
-assert sorted(kr.kernel_name(k) for k, _, _ in launches) == ["_block_sums_kernel", "_dkdv_kernel", "_dq1_kernel"]
-kernel, args, kwargs = next(x for x in launches if kr.kernel_name(x[0]) == "_dq1_kernel")
-compiled, consts = kr.compile_launch(kernel, args, kwargs)
-assert compiled.metadata.num_warps == 12  # a producer and two consumer warpgroups
-regs, stores, loads, stack = kr.ptxas_usage(knobs.nvidia.ptxas.path, compiled.asm["ptx"], compiled.metadata.name)
-assert regs <= 168 and stores == loads == 0, (regs, stores, loads)
+assert sorted(kr.kernel_name(k) for k, _, _ in launches) == ["_block_sums_kernel", "_dkdv_kernel", "_dq1_kernel",
+                                                              "_fwd_kernel"]
+for name in ("_dq1_kernel", "_fwd_kernel"):
+    kernel, args, kwargs = next(x for x in launches if kr.kernel_name(x[0]) == name)
+    compiled, consts = kr.compile_launch(kernel, args, kwargs)
+    assert compiled.metadata.num_warps == 12, name  # a producer and two consumer warpgroups
+    regs, stores, loads, stack = kr.ptxas_usage(knobs.nvidia.ptxas.path, compiled.asm["ptx"], compiled.metadata.name)
+    assert regs <= 168 and stores == loads == 0, (name, regs, stores, loads)
 """
 
 
 def test_gluon_kernels_compile_for_sm90_without_spills():
-    """The level-1 dQ kernel of gluon_backward builds for an H100/H200 with its register plan intact
-    (the consumers' accumulators fit without spilling), on a machine without a GPU."""
+    """The level-1 dQ kernel (gluon_backward) and the forward (gluon_forward) build for an H100/H200
+    with their register plans intact (the consumers' accumulators fit without spilling), on a
+    machine without a GPU."""
     from psa_train.kernels.gluon_support import HAVE_GLUON
 
     if not HAVE_GLUON:

@@ -314,3 +314,42 @@ def test_gluon_backward_matches_reference_and_triton(case, monkeypatch):
     for name, g, w, t in zip(("out", "dq", "dk", "dv"), got, want, triton_got):
         assert rel_err(g, w) < 1e-2, f"{name}: relative error {rel_err(g, w):.2e}"
         assert rel_err(g, t) < 2e-3, f"{name} differs from the Triton passes: {rel_err(g, t):.2e}"
+
+
+GLUON_FWD_CASES = [
+    # batch, heads, Lq, Lk, D, dtype, block_n, key rows per tile
+    (2, 3, 4000, 4100, 64, torch.bfloat16, 64, 64),  # tails on both sides, D=64
+    (1, 4, 8192, 8200, 128, torch.bfloat16, 64, 64),  # the measured tiles, a key tail of 8
+    (1, 4, 8192, 8200, 128, torch.bfloat16, 64, 128),  # two level-1 entries, sixteen level-8 per tile
+    (1, 4, 3000, 2900, 128, torch.float16, 128, 64),  # two tiles per level-1 entry
+    (1, 2, 3000, 2900, 64, torch.float16, 128, 128),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and on_hopper(torch.device("cuda"))),
+                    reason="the Gluon forward needs a Hopper GPU and a Triton with Gluon")
+@pytest.mark.parametrize("case", GLUON_FWD_CASES, ids=lambda c: f"L{c[2]}x{c[3]}-D{c[4]}-bn{c[6]}-tile{c[7]}")
+def test_gluon_forward_matches_reference_and_triton(case, monkeypatch):
+    """Output, LSE and (through the backward, which reads the LSE) gradients of the Gluon forward."""
+    from dataclasses import replace
+
+    from psa_train.kernels import gluon_forward, tuning
+    from psa_train.kernels.triton_forward import pyramid_forward
+
+    batch, heads, lq, lk, dim, dtype, bn, tile = case
+    gluon = {"fwd_gluon": True, "fwd_gluon_tile": tile, "fwd_gluon_stages": 3 if tile == 64 else 2}
+    monkeypatch.setattr(tuning, "CHANGES", gluon)
+    got, want, (q, k, v, _, levels, scale) = run_case(batch, heads, lq, lk, dim, dtype, 128, bn, seed=13,
+                                                      device="cuda")
+    assert gluon_forward.supported(q, 128, bn, scale)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert rel_err(g, w) < 1e-2, f"{name}: relative error {rel_err(g, w):.2e}"
+    monkeypatch.setattr(tuning, "CHANGES", {})
+    cfg = tuning.get_config(dim, 128, bn, dtype)
+    plan = build_plan(levels, bn, cfg.heavy_first, transposed=False)
+    pyramid = build_pyramid(k, v)
+    out_g, lse_g = pyramid_forward(q, k, v, pyramid, plan, 128, bn, scale, replace(cfg, **gluon))
+    out_t, lse_t = pyramid_forward(q, k, v, pyramid, plan, 128, bn, scale, replace(cfg, fwd_gluon=False))
+    assert rel_err(out_g, out_t.double()) < 2e-3
+    assert (lse_g - lse_t).abs().max().item() < 1e-3

@@ -1,0 +1,248 @@
+"""Pyramid attention forward for Hopper GPUs, in Gluon (KernelConfig.fwd_gluon).
+
+The work of `triton_forward._pyramid_fwd_kernel` with the backward kernels' structure
+(gluon_backward): per query block of 128 rows, a producer warpgroup loads Q once and streams key
+tiles of `tile` rows into a ring of shared-memory buffers by TMA, level after level; two consumer
+warpgroups own 64 query rows each, share every tile and keep the online softmax in registers, so
+one's exponentials overlap the other's products.
+
+A tile packs whole pieces of entries of one level: a level-s key block is R = block_n / s
+contiguous pooled rows, loaded as one TMA box of min(R, tile) rows into its slice of the tile
+(eight 8-row level-8 blocks of block_n 64 fill a 64-row tile). Tiles of whole pooled rows take
+the bias-free step (one fused multiply-add per logit, the constant log2(s)); a level's last tile
+(list padding: the last entry is loaded again and masked) and a head's partial last key block
+take per-column validity and log2(n) bias, as the Triton kernel does.
+
+CUDA only (compute capability 9.x), 16-bit inputs, D in {64, 128}, block_m 128, block_n a
+multiple of 64 (level-8 boxes of at least 8 rows, the swizzle period), sm_scale > 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .gluon_support import HAVE_GLUON, on_hopper
+from .triton_forward import LOG2E
+
+if HAVE_GLUON:
+    from .gluon_support import (
+        descriptor,
+        fence_async_shared,
+        gl,
+        gluon,
+        mbarrier,
+        ring_barriers,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+        wgmma_layout,
+    )
+
+ROWS_PER_CONSUMER = 64  # one warpgroup's product height
+
+
+def supported(q: torch.Tensor, block_m: int, block_n: int, sm_scale: float) -> bool:
+    """Whether the Gluon forward runs for these inputs (else the Triton kernel does)."""
+    return (on_hopper(q.device) and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in (64, 128)
+            and block_m == 2 * ROWS_PER_CONSUMER and block_n % 64 == 0 and sm_scale > 0)
+
+
+def level_geometry(block_n: int, tile: int, s: int) -> tuple[int, int, int]:
+    """(rows per TMA box, boxes per tile, boxes per entry) of level s: a key block is block_n / s
+    pooled rows, loaded in boxes of at most `tile` rows."""
+    pooled = block_n // s
+    box = min(pooled, tile)
+    return box, tile // box, pooled // box
+
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _level_tiles(cnt, BOXES: gl.constexpr, PER_ENTRY: gl.constexpr):
+        """Tiles of a level with cnt entries (the last one padded)."""
+        return (cnt * PER_ENTRY + BOXES - 1) // BOXES
+
+    @gluon.jit
+    def _load_level(k_desc, v_desc, k_bufs, v_bufs, ready, empty, lst, cnt, it, row0,
+                    BLOCK_N: gl.constexpr, S: gl.constexpr, STAGES: gl.constexpr):
+        """Producer: the tiles of one level, box by box into the ring; returns the step counter."""
+        BOX: gl.constexpr = k_desc.block_type.shape[0]
+        BOXES: gl.constexpr = k_bufs.shape[1] // BOX
+        PER_ENTRY: gl.constexpr = (BLOCK_N // S) // BOX
+        R: gl.constexpr = BLOCK_N // S
+        for t in range(_level_tiles(cnt, BOXES, PER_ENTRY)):
+            slot = it % STAGES
+            mbarrier.wait(empty.index(slot), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+            bar = ready.index(slot)
+            mbarrier.expect(bar, BOXES * (k_desc.block_type.nbytes + v_desc.block_type.nbytes))
+            for u in gl.static_range(BOXES):
+                g = t * BOXES + u
+                entry = gl.minimum(g // PER_ENTRY, cnt - 1)  # padding boxes repeat the last entry (masked)
+                row = (row0 + gl.load(lst + entry) * R + (g % PER_ENTRY) * BOX).to(gl.int32)
+                tma.async_copy_global_to_shared(k_desc, [row, 0], bar, k_bufs.index(slot).slice(u * BOX, BOX))
+                tma.async_copy_global_to_shared(v_desc, [row, 0], bar, v_bufs.index(slot).slice(u * BOX, BOX))
+            it += 1
+        return it
+
+    @gluon.jit
+    def _fwd_loader(q_desc, k1, v1, k2, v2, k4, v4, k8, v8, q_smem, k_bufs, v_bufs, q_ready, ready, empty,
+                    lst, c1, c2, c4, c8, bh, i, Lq, Lk, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr):
+        mbarrier.expect(q_ready, q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [(bh * Lq + i * BLOCK_M).to(gl.int32), 0], q_ready, q_smem)
+        it = 0
+        it = _load_level(k1, v1, k_bufs, v_bufs, ready, empty, lst, c1, it, bh * Lk, BLOCK_N, 1, STAGES)
+        it = _load_level(k2, v2, k_bufs, v_bufs, ready, empty, lst + c1, c2, it, bh * ((Lk + 1) // 2),
+                         BLOCK_N, 2, STAGES)
+        it = _load_level(k4, v4, k_bufs, v_bufs, ready, empty, lst + c1 + c2, c4, it, bh * ((Lk + 3) // 4),
+                         BLOCK_N, 4, STAGES)
+        _load_level(k8, v8, k_bufs, v_bufs, ready, empty, lst + c1 + c2 + c4, c8, it, bh * ((Lk + 7) // 8),
+                    BLOCK_N, 8, STAGES)
+
+    @gluon.jit
+    def _masked_bias(lst, cnt, t, Lk, cols, BOX: gl.constexpr, BOXES: gl.constexpr, PER_ENTRY: gl.constexpr,
+                     S: gl.constexpr, R: gl.constexpr):
+        """Per-column logit bias of tile t: log2 of the tokens a pooled row stands for, -inf for
+        padding boxes and rows past the head's pooled length."""
+        g = t * BOXES + cols // BOX
+        entry = g // PER_ENTRY
+        in_list = entry < cnt
+        r = gl.load(lst + entry, mask=in_list, other=0) * R + (g % PER_ENTRY) * BOX + cols % BOX
+        valid = in_list & (r < (Lk + S - 1) // S)
+        n = gl.maximum(gl.minimum(Lk - r * S, S), 1).to(gl.float32)
+        return gl.where(valid, gl.log2(n), float("-inf"))
+
+    @gluon.jit
+    def _consume_level(q, k_bufs, v_bufs, ready, empty, lst, cnt, it, m_i, l_i, acc, qk_scale, Lk,
+                       BLOCK_N: gl.constexpr, S: gl.constexpr, BOX: gl.constexpr, STAGES: gl.constexpr):
+        """Consumer: online softmax over one level's tiles; returns (m, l, acc, step counter)."""
+        TILE: gl.constexpr = k_bufs.shape[1]
+        BOXES: gl.constexpr = TILE // BOX
+        R: gl.constexpr = BLOCK_N // S
+        PER_ENTRY: gl.constexpr = R // BOX
+        s_layout: gl.constexpr = wgmma_layout(TILE)
+        acc_layout: gl.constexpr = acc.type.layout
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+        dtype: gl.constexpr = k_bufs.dtype
+        log2_s = gl.log2(S * 1.0)
+        # entries of whole key blocks: all but a partial last one (lists ascend: it is the last)
+        last = gl.load(lst + gl.maximum(cnt - 1, 0), mask=cnt > 0, other=0)
+        whole = gl.where((cnt > 0) & ((last + 1) * BLOCK_N > Lk), cnt - 1, cnt)
+        for t in range(_level_tiles(cnt, BOXES, PER_ENTRY)):
+            slot = it % STAGES
+            mbarrier.wait(ready.index(slot), (it // STAGES) & 1)
+            raw = warpgroup_mma(q, k_bufs.index(slot).permute((1, 0)),
+                                gl.zeros([64, TILE], gl.float32, layout=s_layout), use_acc=False, is_async=True)
+            raw = warpgroup_mma_wait(num_outstanding=0, deps=(raw,))
+            if ((t + 1) * BOXES - 1) // PER_ENTRY < whole:  # whole pooled rows: bias log2(s)
+                m_new = gl.maximum(m_i, gl.max(raw, 1) * qk_scale + log2_s)
+                p = gl.exp2(raw * qk_scale + (log2_s - m_new)[:, None])
+            else:
+                cols = gl.arange(0, TILE, layout=gl.SliceLayout(0, s_layout))
+                logits = raw * qk_scale + _masked_bias(lst, cnt, t, Lk, cols, BOX, BOXES, PER_ENTRY, S, R)[None, :]
+                m_new = gl.maximum(m_i, gl.max(logits, 1))
+                p = gl.exp2(logits - m_new[:, None])
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            m_i = m_new
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc_layout))[:, None]
+            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), a_layout), v_bufs.index(slot), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(empty.index(slot), count=1)
+            it += 1
+        return m_i, l_i, acc, it
+
+    @gluon.jit
+    def _fwd_consumer(q_smem, k_bufs, v_bufs, q_ready, ready, empty, OUT, LSE, lst, c1, c2, c4, c8, bh, i,
+                      qk_scale, Lq, Lk, C: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      BOX1: gl.constexpr, BOX2: gl.constexpr, BOX4: gl.constexpr, BOX8: gl.constexpr,
+                      STAGES: gl.constexpr):
+        """64 query rows: all levels' tiles, then the normalised output and the base-2 LSE."""
+        HEAD_DIM: gl.constexpr = q_smem.shape[1]
+        TILE: gl.constexpr = k_bufs.shape[1]
+        s_layout: gl.constexpr = wgmma_layout(TILE)
+        acc_layout: gl.constexpr = wgmma_layout(HEAD_DIM)
+        q = q_smem.slice(C * 64, 64, dim=0)
+        m_i = gl.full([64], -1.0e30, gl.float32, layout=gl.SliceLayout(1, s_layout))
+        l_i = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, s_layout))
+        acc = gl.zeros([64, HEAD_DIM], gl.float32, layout=acc_layout)
+        mbarrier.wait(q_ready, 0)
+        it = 0
+        m_i, l_i, acc, it = _consume_level(q, k_bufs, v_bufs, ready, empty, lst, c1, it, m_i, l_i, acc,
+                                           qk_scale, Lk, BLOCK_N, 1, BOX1, STAGES)
+        m_i, l_i, acc, it = _consume_level(q, k_bufs, v_bufs, ready, empty, lst + c1, c2, it, m_i, l_i, acc,
+                                           qk_scale, Lk, BLOCK_N, 2, BOX2, STAGES)
+        m_i, l_i, acc, it = _consume_level(q, k_bufs, v_bufs, ready, empty, lst + c1 + c2, c4, it, m_i, l_i, acc,
+                                           qk_scale, Lk, BLOCK_N, 4, BOX4, STAGES)
+        m_i, l_i, acc, it = _consume_level(q, k_bufs, v_bufs, ready, empty, lst + c1 + c2 + c4, c8, it, m_i, l_i,
+                                           acc, qk_scale, Lk, BLOCK_N, 8, BOX8, STAGES)
+        nonempty = l_i > 0
+        safe_l = gl.where(nonempty, l_i, 1.0)
+        lse = gl.where(nonempty, m_i + gl.log2(safe_l), 0.0)  # an empty list writes zeros (LSE never read)
+        out = acc / gl.convert_layout(safe_l, gl.SliceLayout(1, acc_layout))[:, None]
+        rows = i * BLOCK_M + C * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))
+        d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc_layout))
+        gl.store(OUT + (bh * Lq + rows)[:, None] * HEAD_DIM + d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=(rows < Lq)[:, None])
+        lse_rows = i * BLOCK_M + C * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, s_layout))
+        gl.store(LSE + bh * Lq + lse_rows, lse, mask=lse_rows < Lq)
+
+    @gluon.jit
+    def _fwd_kernel(q_desc, k1, v1, k2, v2, k4, v4, k8, v8, IDX, CNT, ORDER, OUT, LSE, qk_scale, Lq, Lk, n_qb, n_kb,
+                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, TILE: gl.constexpr, STAGES: gl.constexpr,
+                    REORDER: gl.constexpr):
+        HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
+        dtype: gl.constexpr = q_desc.dtype
+        FIRST: gl.constexpr = 0
+        SECOND: gl.constexpr = 1
+        pid = gl.program_id(0)
+        bh = gl.program_id(1).to(gl.int64)
+        if REORDER:
+            i = gl.load(ORDER + bh * n_qb + pid)
+        else:
+            i = pid
+        row = bh * n_qb + i
+        lst = IDX + row * n_kb
+        c1 = gl.load(CNT + row * 4)
+        c2 = gl.load(CNT + row * 4 + 1)
+        c4 = gl.load(CNT + row * 4 + 2)
+        c8 = gl.load(CNT + row * 4 + 3)
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+        k_bufs = gl.allocate_shared_memory(dtype, [STAGES, TILE, HEAD_DIM], k1.layout)
+        v_bufs = gl.allocate_shared_memory(dtype, [STAGES, TILE, HEAD_DIM], v1.layout)
+        q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_ready, count=1)
+        ready, empty = ring_barriers(STAGES, 2)  # both consumers read every key tile
+        fence_async_shared()
+        BOX1: gl.constexpr = k1.block_type.shape[0]
+        BOX2: gl.constexpr = k2.block_type.shape[0]
+        BOX4: gl.constexpr = k4.block_type.shape[0]
+        BOX8: gl.constexpr = k8.block_type.shape[0]
+        gl.warp_specialize(
+            [(_fwd_loader, (q_desc, k1, v1, k2, v2, k4, v4, k8, v8, q_smem, k_bufs, v_bufs, q_ready, ready, empty,
+                            lst, c1, c2, c4, c8, bh, i, Lq, Lk, BLOCK_M, BLOCK_N, STAGES)),
+             (_fwd_consumer, (q_smem, k_bufs, v_bufs, q_ready, ready, empty, OUT, LSE, lst, c1, c2, c4, c8, bh, i,
+                              qk_scale, Lq, Lk, FIRST, BLOCK_M, BLOCK_N, BOX1, BOX2, BOX4, BOX8, STAGES)),
+             (_fwd_consumer, (q_smem, k_bufs, v_bufs, q_ready, ready, empty, OUT, LSE, lst, c1, c2, c4, c8, bh, i,
+                              qk_scale, Lq, Lk, SECOND, BLOCK_M, BLOCK_N, BOX1, BOX2, BOX4, BOX8, STAGES))],
+            [4, 4], [232, 232])
+
+
+def launch_fwd_gluon(q, k, v, pyramid, plan, block_m, block_n, sm_scale, tile=64, stages=3):
+    """out [B,H,Lq,D] (q's dtype) and base-2 LSE [B,H,Lq] (fp32); arguments as
+    `triton_forward.pyramid_forward`, `tile` the key rows per product (a multiple of 64)."""
+    batch, heads, length_q, _ = q.shape
+    n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
+    out = torch.empty_like(q)
+    lse = torch.empty((batch, heads, length_q), dtype=torch.float32, device=q.device)
+    descs = []
+    for s, (kk, vv) in zip((1, 2, 4, 8), [(k, v), *pyramid]):
+        box = level_geometry(block_n, tile, s)[0]
+        descs += [descriptor(kk, box), descriptor(vv, box)]
+    order = plan.order if plan.order is not None else plan.cnt  # placeholder pointer when unused
+    _fwd_kernel[(n_qb, batch * heads)](
+        descriptor(q, block_m), *descs, plan.idx, plan.cnt, order, out, lse,
+        sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
+        BLOCK_M=block_m, BLOCK_N=block_n, TILE=tile, STAGES=stages, REORDER=plan.order is not None, num_warps=4,
+    )
+    return out, lse
