@@ -360,7 +360,7 @@ def pyramid_forward(q, k, v, pyramid, plan, block_m, block_n, sm_scale, cfg):
 
         if gluon_forward.supported(q, block_m, block_n, sm_scale):
             return gluon_forward.launch_fwd_gluon(q, k, v, pyramid, plan, block_m, block_n, sm_scale,
-                                                  cfg.fwd_gluon_tile, cfg.fwd_gluon_stages)
+                                                  cfg.fwd_gluon_tile, cfg.fwd_gluon_stages, cfg.fwd_gluon_pingpong)
     batch, heads, length_q, dim = q.shape
     length_k = k.shape[2]
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]

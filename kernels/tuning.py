@@ -51,11 +51,16 @@ class KernelConfig:
     # the dQ pass's level-1 pairs by the Gluon kernel (gluon_backward, block_m 128), its pooled
     # levels by the Triton kernel into an fp32 partial the Gluon kernel adds in
     dq_gluon: bool = False
+    # every level of the dQ pass in one Gluon kernel (gluon_dq; needs what fwd_gluon needs), with
+    # dq_gluon_stages key tiles in flight; takes precedence over dq_gluon
+    dq_gluon_all: bool = False
+    dq_gluon_stages: int = 2
     # the forward by the warp-specialised Gluon kernel (gluon_forward; Hopper, 16-bit, D 64/128,
     # block_m 128, block_n a multiple of 64): key tiles of fwd_gluon_tile rows, that many in flight
     fwd_gluon: bool = False
     fwd_gluon_tile: int = 64
     fwd_gluon_stages: int = 3
+    fwd_gluon_pingpong: bool = False  # consumers issue their products in turns (gluon_forward)
     heavy_first: bool = True  # grid order by work (a ranking launch per direction) or block order
     dq_pooled_atomics: bool = True  # False only to time the dQ pass without them (wrong grads)
 
@@ -96,8 +101,11 @@ MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
     # tiles instead raised ptxas spills (120/180 -> 164/268 B) and lost 7 % at density 1.0
     # the Gluon backward kernels (2026-11-29 ~01:50 UTC, `--variants --variant-block-ns 64`): dK/dV pass
     # 3.18 -> 2.46 ms, dQ pass 5.03 -> 4.50 ms at density 0.15 (NOTES.md, fifth session)
+    # the Gluon forward (2026-11-29 ~02:57 UTC, same command): forward kernel 2.14 -> 2.08 ms with four
+    # key tiles in flight and the consumers' products in turns (2.10 without turns, 2.12-2.21 at three)
     (128, 128, 64, "bfloat16"): _measured(((64, 64, 32, 64), 4, 2), (8, 3), (64, 64, 4, 2), fwd_pooled_tma=False,
-                                          dkdv_gluon=True, dq_gluon=True),
+                                          dkdv_gluon=True, dq_gluon=True, fwd_gluon=True, fwd_gluon_stages=4,
+                                          fwd_gluon_pingpong=True),
     # block_n 32 (the Wan preset): the dQ pass gathers two 32-key level-1 entries per 64-row tile
     # instead of TMA tiles of one (dQ pass 6.54 -> 6.23 ms at density 0.15; NOTES.md, 20:58 UTC);
     # the forward pairs its 32-key level-1 tiles (2.92 -> 2.48 ms; 16.2 -> 14.6 ms at density 1)
