@@ -119,6 +119,7 @@ def stage_times(q, k, v, do, levels, cfg, scale, only=None, rep=300, block_n=BLO
         "pyramid": lambda: build_pyramid(kd, vd),
         "fwd_kernel": lambda: pyramid_forward(qd, kd, vd, pyr, plan, block_m, block_n, scale, cfg),
         "delta": lambda: launch_delta(out, do),
+        "zero_pooled_grads": lambda: pooled_grad_buffers(kd),
         "dq_pass": lambda: launch_dq(qd, kd, vd, do, lse, delta, pyr, pooled, plan, block_m, block_n, scale, cfg),
         "dkdv_pass": lambda: launch_dkdv(qd, kd, vd, do, lse, delta, pooled, plan, block_m, block_n, scale, cfg),
     }
@@ -233,9 +234,6 @@ KERNEL_VARIANTS = {
     "dq pooled 2 stages": dict(dq_stages=2),
     "dq pooled 32-row tiles": dict(dq_tiles=(64, 32, 32, 32)),
     "dq pooled TMA tiles": dict(dq_pooled_tma=True),
-    # every level of the dQ pass in one Gluon kernel
-    "dq gluon all levels": dict(dq_gluon_all=True, dq_gluon_stages=2),
-    "dq gluon all levels 3 stages": dict(dq_gluon_all=True, dq_gluon_stages=3),
     # block_n 32: level-1 entries are 32 rows; gathering two per 64-row tile instead of TMA tiles of 32
     "fwd level-1 gathers 64-row tiles": dict(fwd_tma=False, fwd_tiles=(64, 32, 32, 32)),
     "dq level-1 gathers 64-row tiles": dict(dq_tma=False),

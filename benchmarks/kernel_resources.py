@@ -71,11 +71,11 @@ def record_launches(batch, heads, length, dim, block_m, block_n, dtype=torch.bfl
 
 
 def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=torch.bfloat16):
-    """(kernel, args, kwargs) of the Gluon kernels' launches, on meta tensors: the forward, the dK/dV, level-1
-    dQ and all-level dQ kernels of one backward, and block scoring's pass 1 at a quarter of the tokens sampled."""
+    """(kernel, args, kwargs) of the Gluon kernels' launches, on meta tensors: the forward, the dK/dV and level-1
+    dQ kernels of one backward, and block scoring's pass 1 at a quarter of the tokens sampled."""
     from types import SimpleNamespace
 
-    from psa_train.kernels import gluon_backward, gluon_block_scores, gluon_dq, gluon_forward
+    from psa_train.kernels import gluon_backward, gluon_block_scores, gluon_forward
 
     launches = []
 
@@ -91,6 +91,7 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
 
     q, k, v, do = (t(batch, heads, length, dim) for _ in range(4))
     lse, delta = (t(batch, heads, length, dt=torch.float32) for _ in range(2))
+    partial = t(batch, heads, length, dim, dt=torch.float32)
     pooled = [t(batch, heads, triton.cdiv(length, s), dim, dt=torch.float32) for s in (2, 2, 4, 4, 8, 8)]
     n_qb, n_kb, bh = triton.cdiv(length, block_m), triton.cdiv(length, block_n), batch * heads
     plan = SimpleNamespace(idx=t(bh, n_qb, n_kb, dt=torch.int32), cnt=t(bh, n_qb, 4, dt=torch.int32),
@@ -99,18 +100,16 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
     slots = max(1, block_n // 4)
     sampled = triton.cdiv(length, block_n) * slots
     kernels = {"_dkdv_kernel": gluon_backward, "_dq1_kernel": gluon_backward, "_block_sums_kernel": gluon_block_scores,
-               "_fwd_kernel": gluon_forward, "_dq_kernel": gluon_dq}
+               "_fwd_kernel": gluon_forward}
     with contextlib.ExitStack() as stack:
         for name, module in kernels.items():
             stack.enter_context(mock.patch.object(module, name, Recorder(getattr(module, name))))
         gluon_backward.launch_dkdv_gluon(q, k, v, do, lse, delta, pooled, plan, block_m, block_n, dim ** -0.5)
-        gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, dim ** -0.5, pooled)
+        gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, dim ** -0.5, partial)
         cfg = tuning.get_config(dim, block_m, block_n, dtype)
         pyramid = [tuple(t(batch, heads, triton.cdiv(length, s), dim) for _ in range(2)) for s in (2, 4, 8)]
         gluon_forward.launch_fwd_gluon(q, k, v, pyramid, plan, block_m, block_n, dim ** -0.5,
                                        cfg.fwd_gluon_tile, cfg.fwd_gluon_stages, cfg.fwd_gluon_pingpong)
-        gluon_dq.launch_dq_gluon(q, k, v, do, lse, delta, pyramid, pooled, plan, block_m, block_n, dim ** -0.5,
-                                 stages=cfg.dq_gluon_stages)
         gluon_block_scores.block_sums_gluon(t(batch, heads, sampled, dim), t(batch, heads, sampled, dim),
                                             t(sampled, dt=torch.int8), slots, 0.1, n_kb, torch.float16)
     return launches

@@ -13,10 +13,9 @@ consumer warpgroups compute, so one's exponentials overlap the other's products.
     the tensor cores, dV += Pᵀ dO, dK += dSᵀ Q; then the pooled levels' gradients folded onto
     member keys and one store.
   * dQ pass, level 1 (`launch_dq1_gluon`): per query block, the two consumers own 64 rows each and
-    share the K/V tiles of its level-1 entries (64-key steps): dQ += dS K, written as an fp32
-    partial. The pooled levels stay in the Triton dQ kernel (gathered tiles, fp32 atomics for their
-    dK̄/dV̄), which runs next and adds the partial; the producer here zeroes those atomics' buffers
-    with TMA stores while the consumers compute, so they need no pass of their own.
+    share the K/V tiles of its level-1 entries (64-key steps): dQ += dS K. The pooled levels stay
+    in the Triton dQ kernel (gathered tiles, fp32 atomics for their dK̄/dV̄), which writes an fp32
+    partial this kernel adds before its store.
 
 CUDA only (compute capability 9.x), 16-bit inputs, D in {64, 128}, block_m and block_n multiples
 of 64 (the dQ kernel: block_m 128).
@@ -39,7 +38,6 @@ if HAVE_GLUON:
         load_pair,
         mbarrier,
         ring_barriers,
-        tma,
         warpgroup_mma,
         warpgroup_mma_wait,
         wgmma_layout,
@@ -210,49 +208,24 @@ if HAVE_GLUON:
 if HAVE_GLUON:
 
     @gluon.jit
-    def _zero_share(desc, zero_smem, cta, n_ctas):
-        """TMA stores of zeros over this program's share of the rows of desc's [rows, D] tensor
-        (shares rounded up to whole boxes: neighbours may zero a box twice; the tensor's end clips)."""
-        BOX: gl.constexpr = desc.block_type.shape[0]
-        rows = desc.shape[0]
-        share = (rows + n_ctas - 1) // n_ctas
-        share = (share + BOX - 1) // BOX * BOX
-        for r in range(cta * share, gl.minimum(cta * share + share, rows), BOX):
-            tma.async_copy_shared_to_global(desc, [r, 0], zero_smem)
-
-    @gluon.jit
-    def _dq1_loader(q_desc, do_desc, k_desc, v_desc, z2k, z2v, z4k, z4v, z8k, z8v, q_smem, do_smem, k_bufs, v_bufs,
-                    zero_smem, q_ready, ready, empty, lst, n, bh, i, pid, n_qb, Lq, Lk,
-                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-        """Producer: the query block's Q and dO once, then K, V of its level-1 key blocks in 64-key
-        steps; on the side, zeros over this program's share of the pooled-gradient buffers (the
-        Triton pass that follows adds into them with atomics)."""
+    def _dq1_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_bufs, v_bufs, q_ready, ready, empty,
+                    lst, n, bh, i, Lq, Lk, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+        """Producer: the query block's Q and dO once, then K, V of its level-1 key blocks in 64-key steps."""
         SPLIT: gl.constexpr = BLOCK_N // 64
         load_pair(q_desc, do_desc, (bh * Lq + i * BLOCK_M).to(gl.int32), q_ready, q_smem, do_smem)
-        ZB: gl.constexpr = zero_smem.shape[0]
-        HEAD_DIM: gl.constexpr = zero_smem.shape[1]
-        zero_smem.store(gl.zeros([ZB, HEAD_DIM], gl.float32,
-                                 layout=gl.BlockedLayout([1, 4], [1, 32], [gl.num_warps(), 1], [1, 0])))
-        fence_async_shared()
-        cta = (bh * n_qb + pid).to(gl.int32)
-        n_ctas = gl.num_programs(1) * n_qb
-        for z in gl.static_range(6):
-            desc = (z2k, z2v, z4k, z4v, z8k, z8v)[z]
-            _zero_share(desc, zero_smem, cta, n_ctas)
         for it in range(n):
             slot = it % STAGES
             mbarrier.wait(empty.index(slot), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
             j = gl.load(lst + it // SPLIT)
             key_row = (bh * Lk + j * BLOCK_N + (it % SPLIT) * 64).to(gl.int32)
             load_pair(k_desc, v_desc, key_row, ready.index(slot), k_bufs.index(slot), v_bufs.index(slot))
-        tma.store_wait(0)  # the zero tile must outlive its stores
 
     @gluon.jit
-    def _dq1_consumer(q_smem, do_smem, k_bufs, v_bufs, q_ready, ready, empty, LSE, DELTA, PARTIAL,
+    def _dq1_consumer(q_smem, do_smem, k_bufs, v_bufs, q_ready, ready, empty, LSE, DELTA, PARTIAL, DQ,
                       lst, n, bh, i, sm_scale, qk_scale, Lq, Lk,
                       C: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                       STAGES: gl.constexpr):
-        """64 query rows: dQ += dS K over the level-1 steps, stored scaled as the fp32 partial."""
+        """64 query rows: dQ += dS K over the level-1 steps, then + the pooled levels' partial, stored."""
         SPLIT: gl.constexpr = BLOCK_N // 64
         s_layout: gl.constexpr = wgmma_layout(64)
         acc_layout: gl.constexpr = wgmma_layout(HEAD_DIM)
@@ -289,11 +262,12 @@ if HAVE_GLUON:
         d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc_layout))
         offs = (bh * Lq + rows)[:, None] * HEAD_DIM + d[None, :]
         keep = (rows < Lq)[:, None]
-        gl.store(PARTIAL + offs, dq * sm_scale, mask=keep)
+        dq = dq * sm_scale + gl.load(PARTIAL + offs, mask=keep, other=0.0)
+        gl.store(DQ + offs, dq.to(DQ.dtype.element_ty), mask=keep)
 
     @gluon.jit
-    def _dq1_kernel(q_desc, do_desc, k_desc, v_desc, z2k, z2v, z4k, z4v, z8k, z8v, LSE, DELTA, PARTIAL, IDX, CNT,
-                    ORDER, sm_scale, qk_scale, Lq, Lk, n_qb, n_kb,
+    def _dq1_kernel(q_desc, do_desc, k_desc, v_desc, LSE, DELTA, PARTIAL, DQ, IDX, CNT, ORDER,
+                    sm_scale, qk_scale, Lq, Lk, n_qb, n_kb,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, REORDER: gl.constexpr):
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
         dtype: gl.constexpr = q_desc.dtype
@@ -313,18 +287,16 @@ if HAVE_GLUON:
         do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], do_desc.layout)
         k_bufs = gl.allocate_shared_memory(dtype, [STAGES, 64, HEAD_DIM], k_desc.layout)
         v_bufs = gl.allocate_shared_memory(dtype, [STAGES, 64, HEAD_DIM], v_desc.layout)
-        zero_smem = gl.allocate_shared_memory(gl.float32, z2k.block_type.shape, z2k.layout)
         q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(q_ready, count=1)
         ready, empty = ring_barriers(STAGES, 2)  # both consumers read every key tile
         fence_async_shared()
         gl.warp_specialize(
-            [(_dq1_loader, (q_desc, do_desc, k_desc, v_desc, z2k, z2v, z4k, z4v, z8k, z8v, q_smem, do_smem, k_bufs,
-                            v_bufs, zero_smem, q_ready, ready, empty, lst, n, bh, i, pid, n_qb, Lq, Lk, BLOCK_M,
-                            BLOCK_N, STAGES)),
-             (_dq1_consumer, (q_smem, do_smem, k_bufs, v_bufs, q_ready, ready, empty, LSE, DELTA, PARTIAL,
+            [(_dq1_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_bufs, v_bufs, q_ready, ready, empty,
+                            lst, n, bh, i, Lq, Lk, BLOCK_M, BLOCK_N, STAGES)),
+             (_dq1_consumer, (q_smem, do_smem, k_bufs, v_bufs, q_ready, ready, empty, LSE, DELTA, PARTIAL, DQ,
                               lst, n, bh, i, sm_scale, qk_scale, Lq, Lk, FIRST, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
-             (_dq1_consumer, (q_smem, do_smem, k_bufs, v_bufs, q_ready, ready, empty, LSE, DELTA, PARTIAL,
+             (_dq1_consumer, (q_smem, do_smem, k_bufs, v_bufs, q_ready, ready, empty, LSE, DELTA, PARTIAL, DQ,
                               lst, n, bh, i, sm_scale, qk_scale, Lq, Lk, SECOND, BLOCK_M, BLOCK_N, HEAD_DIM,
                               STAGES))],
             [4, 4], [232, 232])
@@ -352,20 +324,16 @@ def supported_dq(q: torch.Tensor, block_m: int, block_n: int) -> bool:
     return supported(q, block_m, block_n) and block_m == 2 * SUB
 
 
-ZERO_ROWS = 32  # rows per TMA store of zeros into the pooled-gradient buffers
-
-
-def launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, sm_scale, pooled_grads):
-    """The level-1 pairs' dQ, scaled by sm_scale, as an fp32 partial (`triton_backward.launch_dq_triton`
-    adds the pooled levels); zeroes pooled_grads (fp32, order dk2, dv2, dk4, dv4, dk8, dv8) on the way."""
+def launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, sm_scale, partial):
+    """dQ = the level-1 pairs' dS K (this kernel) + `partial` (fp32, the pooled levels' dQ, already
+    scaled by sm_scale: `triton_backward.launch_dq_triton(..., level1=False)`); in q's dtype."""
     batch, heads, length_q, _ = q.shape
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
-    partial = torch.empty_like(q, dtype=torch.float32)
+    dq = torch.empty_like(q)
     order = plan.order if plan.order is not None else plan.cnt  # placeholder pointer when unused
     _dq1_kernel[(n_qb, batch * heads)](
-        descriptor(q, block_m), descriptor(do, block_m), descriptor(k, SUB), descriptor(v, SUB),
-        *(descriptor(g, ZERO_ROWS) for g in pooled_grads), lse, delta, partial,
+        descriptor(q, block_m), descriptor(do, block_m), descriptor(k, SUB), descriptor(v, SUB), lse, delta, partial, dq,
         plan.idx, plan.cnt, order, sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
         BLOCK_M=block_m, BLOCK_N=block_n, STAGES=3, REORDER=plan.order is not None, num_warps=4,
     )
-    return partial
+    return dq

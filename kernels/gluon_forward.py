@@ -3,8 +3,11 @@
 The work of `triton_forward._pyramid_fwd_kernel` with the backward kernels' structure
 (gluon_backward): per query block of 128 rows, a producer warpgroup loads Q once and streams key
 tiles of `tile` rows into a ring of shared-memory buffers by TMA, level after level; two consumer
-warpgroups own 64 query rows each, share every tile and keep the online softmax in registers, so
-one's exponentials overlap the other's products.
+warpgroups own 64 query rows each, share every tile and keep the online softmax in registers.
+Each consumer computes tile t's softmax while tile t-1's P V product runs; with `pingpong` the two
+take turns issuing products (FlashAttention 3's schedule). Measured on an H200 (Wan shape, density
+0.15, benchmarks/NOTES.md sixth session): forward kernel 2.14 ms (Triton) -> 2.08 ms at 4 stages
+with turns; the consumers' instruction issue, not the loads, is what bounds it.
 
 A tile packs whole pieces of entries of one level: a level-s key block is R = block_n / s
 contiguous pooled rows, loaded as one TMA box of min(R, tile) rows into its slice of the tile
@@ -47,12 +50,10 @@ def supported(q: torch.Tensor, block_m: int, block_n: int, sm_scale: float) -> b
             and block_m == 2 * ROWS_PER_CONSUMER and block_n % 64 == 0 and sm_scale > 0)
 
 
-def level_geometry(block_n: int, tile: int, s: int) -> tuple[int, int, int]:
-    """(rows per TMA box, boxes per tile, boxes per entry) of level s: a key block is block_n / s
-    pooled rows, loaded in boxes of at most `tile` rows."""
-    pooled = block_n // s
-    box = min(pooled, tile)
-    return box, tile // box, pooled // box
+def box_rows(block_n: int, tile: int, s: int) -> int:
+    """Rows per TMA box of level s: a key block is block_n / s pooled rows, loaded in boxes of at
+    most `tile` rows."""
+    return min(block_n // s, tile)
 
 
 if HAVE_GLUON:
@@ -102,9 +103,11 @@ if HAVE_GLUON:
         return it
 
     @gluon.jit
-    def _fwd_loader(q_desc, k1, v1, k2, v2, k4, v4, k8, v8, q_smem, k_bufs, v_bufs, q_ready, k_ready, v_ready, empty,
-                    lst, c1, c2, c4, c8, bh, i, Lq, Lk, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    def _fwd_loader(q_desc, k1, v1, k2, v2, k4, v4, k8, v8, q_smem, k_bufs, v_bufs, q_ready, k_ready, v_ready,
+                    empty, lst, c1, c2, c4, c8, bh, i, Lq, Lk, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                     STAGES: gl.constexpr):
+        """Producer: Q once, then the key tiles of levels 1, 2, 4, 8 in turn (one step counter
+        across levels, so the ring's slots and phases run on)."""
         mbarrier.expect(q_ready, q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [(bh * Lq + i * BLOCK_M).to(gl.int32), 0], q_ready, q_smem)
         it = 0
@@ -305,14 +308,14 @@ if HAVE_GLUON:
         BOX4: gl.constexpr = k4.block_type.shape[0]
         BOX8: gl.constexpr = k8.block_type.shape[0]
         gl.warp_specialize(
-            [(_fwd_loader, (q_desc, k1, v1, k2, v2, k4, v4, k8, v8, q_smem, k_bufs, v_bufs, q_ready, k_ready, v_ready, empty,
-                            lst, c1, c2, c4, c8, bh, i, Lq, Lk, BLOCK_M, BLOCK_N, STAGES)),
-             (_fwd_consumer, (q_smem, k_bufs, v_bufs, q_ready, k_ready, v_ready, empty, turns, OUT, LSE, lst, c1, c2, c4,
-                              c8, bh, i, qk_scale, Lq, Lk, FIRST, BLOCK_M, BLOCK_N, BOX1, BOX2, BOX4, BOX8, STAGES,
-                              PINGPONG)),
-             (_fwd_consumer, (q_smem, k_bufs, v_bufs, q_ready, k_ready, v_ready, empty, turns, OUT, LSE, lst, c1, c2, c4,
-                              c8, bh, i, qk_scale, Lq, Lk, SECOND, BLOCK_M, BLOCK_N, BOX1, BOX2, BOX4, BOX8, STAGES,
-                              PINGPONG))],
+            [(_fwd_loader, (q_desc, k1, v1, k2, v2, k4, v4, k8, v8, q_smem, k_bufs, v_bufs, q_ready, k_ready,
+                            v_ready, empty, lst, c1, c2, c4, c8, bh, i, Lq, Lk, BLOCK_M, BLOCK_N, STAGES)),
+             (_fwd_consumer, (q_smem, k_bufs, v_bufs, q_ready, k_ready, v_ready, empty, turns, OUT, LSE, lst, c1, c2,
+                              c4, c8, bh, i, qk_scale, Lq, Lk, FIRST, BLOCK_M, BLOCK_N, BOX1, BOX2, BOX4, BOX8,
+                              STAGES, PINGPONG)),
+             (_fwd_consumer, (q_smem, k_bufs, v_bufs, q_ready, k_ready, v_ready, empty, turns, OUT, LSE, lst, c1, c2,
+                              c4, c8, bh, i, qk_scale, Lq, Lk, SECOND, BLOCK_M, BLOCK_N, BOX1, BOX2, BOX4, BOX8,
+                              STAGES, PINGPONG))],
             [4, 4], [232, 232])
 
 
@@ -325,8 +328,8 @@ def launch_fwd_gluon(q, k, v, pyramid, plan, block_m, block_n, sm_scale, tile=64
     lse = torch.empty((batch, heads, length_q), dtype=torch.float32, device=q.device)
     descs = []
     for s, (kk, vv) in zip((1, 2, 4, 8), [(k, v), *pyramid]):
-        box = level_geometry(block_n, tile, s)[0]
-        descs += [descriptor(kk, box), descriptor(vv, box)]
+        rows = box_rows(block_n, tile, s)
+        descs += [descriptor(kk, rows), descriptor(vv, rows)]
     order = plan.order if plan.order is not None else plan.cnt  # placeholder pointer when unused
     _fwd_kernel[(n_qb, batch * heads)](
         descriptor(q, block_m), *descs, plan.idx, plan.cnt, order, out, lse,

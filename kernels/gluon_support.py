@@ -62,9 +62,9 @@ def on_hopper(device: torch.device) -> bool:
 
 
 def descriptor(x: torch.Tensor, rows: int):
-    """TMA descriptor of contiguous x [..., L, D] (16-bit or fp32) as [prod(...) * L, D] with (rows, D) boxes."""
+    """TMA descriptor of contiguous 16-bit x [..., L, D] as [prod(...) * L, D] with (rows, D) boxes."""
     dim = x.shape[-1]
-    el = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[x.dtype]
+    el = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[x.dtype]
     return TensorDescriptor.from_tensor(x.view(-1, dim), [rows, dim],
                                         gl.NVMMASharedLayout.get_default_for([rows, dim], el))
 

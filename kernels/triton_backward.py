@@ -160,7 +160,7 @@ def _dq_any_level(
 @kernel
 def _bwd_dq_kernel(
     Q, K1, V1, K2, V2, K4, V4, K8, V8, K1D, V1D, K2D, V2D, K4D, V4D, K8D, V8D,
-    DO, LSE, DELTA, DQ, PARTIAL, DK2, DV2, DK4, DV4, DK8, DV8,
+    DO, LSE, DELTA, DQ, DK2, DV2, DK4, DV4, DK8, DV8,
     IDX, CNT, ORDER,
     sm_scale, qk_scale, Lq, Lk, n_qb, n_kb,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -191,7 +191,7 @@ def _bwd_dq_kernel(
     c2 = tl.load(CNT + row * 4 + 1)
     c4 = tl.load(CNT + row * 4 + 2)
     c8 = tl.load(CNT + row * 4 + 3)
-    if LEVEL1:  # else the Gluon kernel has done level 1: its dQ (fp32, scaled) is in PARTIAL
+    if LEVEL1:  # else the Gluon kernel does level 1 and adds this pass's (fp32) result
         dq = _dq_any_level(q, do, lse, delta, dq, K1, V1, K1D, V1D, K1, V1, lst, c1, bh, Lk, sm_scale, qk_scale, d,
                            1, BLOCK_N, HEAD_DIM, TILE1, STAGES, DOT_PREC, ATOMICS, TMA1, CLEAN1)
     dq = _dq_any_level(q, do, lse, delta, dq, K2, V2, K2D, V2D, DK2, DV2, lst + c1, c2, bh, Lk, sm_scale, qk_scale,
@@ -200,10 +200,7 @@ def _bwd_dq_kernel(
                        qk_scale, d, 4, BLOCK_N, HEAD_DIM, TILE4, STAGES, DOT_PREC, ATOMICS, TMA4, CLEAN4)
     dq = _dq_any_level(q, do, lse, delta, dq, K8, V8, K8D, V8D, DK8, DV8, lst + c1 + c2 + c4, c8, bh, Lk, sm_scale,
                        qk_scale, d, 8, BLOCK_N, HEAD_DIM, TILE8, STAGES, DOT_PREC, ATOMICS, TMA8, CLEAN8)
-    dq = dq * sm_scale
-    if not LEVEL1:
-        dq += tl.load(PARTIAL + q_off, mask=mask_m[:, None], other=0.0)
-    tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
+    tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_m[:, None])
 
 
 @triton.jit
@@ -276,12 +273,11 @@ def _bwd_dkdv_kernel(
 
 
 def pooled_grad_buffers(k: torch.Tensor):
-    """fp32 dK̄_s, dV̄_s [B, H, ceil(Lk/s), D] for s = 2, 4, 8, in one allocation; not initialised
-    (`launch_dq` zeroes them: on Hopper inside its first kernel, where it costs no pass of its own)."""
+    """Zeroed fp32 dK̄_s, dV̄_s [B, H, ceil(Lk/s), D] for s = 2, 4, 8, in one allocation."""
     batch, heads, length_k, dim = k.shape
     sizes = [cdiv(length_k, s) for s in (2, 4, 8)]
     n = batch * heads * dim
-    flat = torch.empty(2 * n * sum(sizes), dtype=torch.float32, device=k.device)
+    flat = torch.zeros(2 * n * sum(sizes), dtype=torch.float32, device=k.device)
     bufs, start = [], 0
     for s_len in sizes:
         for _ in range(2):
@@ -299,46 +295,33 @@ def launch_delta(out, do):
 
 
 def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
-    """dQ (q's dtype); zeroes pooled_grads and accumulates the pooled levels' dK̄/dV̄ into them.
+    """dQ (q's dtype); accumulates the pooled levels' dK̄/dV̄ into pooled_grads on the way.
 
-    With cfg.dq_gluon on a Hopper GPU the level-1 pairs go to the Gluon kernel first: it writes
-    their dQ as an fp32 partial and zeroes pooled_grads from its producer warps (TMA stores that
-    overlap its products); the Triton kernel then does the pooled levels and adds the partial.
-    With cfg.dq_gluon_all one Gluon kernel does every level (gluon_dq)."""
-    if cfg.dq_gluon_all:
-        from . import gluon_dq, gluon_forward
-
-        if gluon_forward.supported(q, block_m, block_n, sm_scale):
-            torch._foreach_zero_(list(pooled_grads))
-            return gluon_dq.launch_dq_gluon(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n,
-                                            sm_scale, stages=cfg.dq_gluon_stages)
+    With cfg.dq_gluon on a Hopper GPU the level-1 pairs go to the Gluon kernel, which adds this
+    pass's pooled-level result (fp32) to its own."""
     if cfg.dq_gluon:
         from . import gluon_backward
 
         if gluon_backward.supported_dq(q, block_m, block_n):
-            partial = gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, sm_scale,
-                                                      pooled_grads)
-            return launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n,
-                                    sm_scale, cfg, partial=partial)
-    torch._foreach_zero_(list(pooled_grads))
+            partial = launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n,
+                                       sm_scale, cfg, level1=False)
+            return gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, sm_scale, partial)
     return launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg)
 
 
 def launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg,
-                     partial=None):
-    """The Triton dQ pass, adding into pooled_grads. Given `partial` (fp32 [B,H,Lq,D], the level-1
-    pairs' dQ, scaled) it leaves the level-1 pairs out and returns partial + its own result."""
-    level1 = partial is None
+                     level1=True):
+    """The Triton dQ pass; level1=False leaves the level-1 pairs out and returns fp32."""
     batch, heads, length_q, dim = q.shape
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
     (k2, v2), (k4, v4), (k8, v8) = pyramid
     dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
-    dq = torch.empty_like(q)
+    dq = torch.empty_like(q, dtype=q.dtype if level1 else torch.float32)
     tiles = level_tiles(q.dtype, block_n, cfg.dq_tiles, cfg.dq_tma, cfg.dq_pooled_tma)
     (k1d, v1d), (k2d, v2d), (k4d, v4d), (k8d, v8d) = level_descriptors(k, v, pyramid, tiles)
     _bwd_dq_kernel[(n_qb, batch * heads)](
         q, k, v, k2, v2, k4, v4, k8, v8, k1d, v1d, k2d, v2d, k4d, v4d, k8d, v8d,
-        do, lse, delta, dq, dq if level1 else partial, dk2, dv2, dk4, dv4, dk8, dv8,
+        do, lse, delta, dq, dk2, dv2, dk4, dv4, dk8, dv8,
         plan.idx, plan.cnt, plan.order,
         sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim,

@@ -51,10 +51,6 @@ class KernelConfig:
     # the dQ pass's level-1 pairs by the Gluon kernel (gluon_backward, block_m 128), its pooled
     # levels by the Triton kernel into an fp32 partial the Gluon kernel adds in
     dq_gluon: bool = False
-    # every level of the dQ pass in one Gluon kernel (gluon_dq; needs what fwd_gluon needs), with
-    # dq_gluon_stages key tiles in flight; takes precedence over dq_gluon
-    dq_gluon_all: bool = False
-    dq_gluon_stages: int = 2
     # the forward by the warp-specialised Gluon kernel (gluon_forward; Hopper, 16-bit, D 64/128,
     # block_m 128, block_n a multiple of 64): key tiles of fwd_gluon_tile rows, that many in flight
     fwd_gluon: bool = False
