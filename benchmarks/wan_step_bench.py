@@ -77,7 +77,7 @@ def bench_step(args, variant: str, device: torch.device, dtype: torch.dtype) -> 
 
     seconds, peak = median_time(step, args.steps, args.warmup, device)
     density = psa_density(model) if variant.startswith("psa") else (1.0 if variant.startswith("dense") else None)
-    del model
+    model = None  # free the weights before the next variant (the closure above shares this cell)
     return {"variant": variant, "tokens": tokens, "seconds": seconds, "peak_gib": peak, "density": density}
 
 
