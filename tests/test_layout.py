@@ -104,9 +104,12 @@ def test_gilbert_is_continuous_and_compact(grid):
 @settings(max_examples=25, deadline=None)
 @given(st.tuples(st.integers(1, 12), st.integers(4, 40), st.integers(4, 40)))
 def test_gilbert_mostly_unit_steps(grid):
+    """Any grid: face-neighbour steps but for a few diagonal parity fixes. Small grids need
+    relatively more of them (3x7x4: 5 of 83 steps, 1x4x5: 1 of 19), hence a looser share than
+    the realistic grids above."""
     c = _coords(gilbert_order(grid), grid)
     step = (c[1:] - c[:-1]).abs().sum(1)
-    assert (step == 1).double().mean() >= 0.95
+    assert (step == 1).double().mean() >= 0.9
     assert step.max() <= 2
 
 
