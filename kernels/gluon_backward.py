@@ -31,12 +31,14 @@ from .triton_launch import cdiv
 
 if HAVE_GLUON:
     from .gluon_support import (
+        barriers,
         descriptor,
         fence_async_shared,
         gl,
         gluon,
         load_pair,
         mbarrier,
+        query_block,
         ring_barriers,
         warpgroup_mma,
         warpgroup_mma_wait,
@@ -187,9 +189,7 @@ if HAVE_GLUON:
         do_bufs = gl.allocate_shared_memory(dtype, [2 * STAGES, 64, HEAD_DIM], do_desc.layout)
         k_smem = gl.allocate_shared_memory(dtype, [2, 64, HEAD_DIM], k_desc.layout)
         v_smem = gl.allocate_shared_memory(dtype, [2, 64, HEAD_DIM], v_desc.layout)
-        kv_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        for c in gl.static_range(2):
-            mbarrier.init(kv_ready.index(c), count=1)
+        kv_ready = barriers(2, 1)
         ready, empty = ring_barriers(2 * STAGES, 1)  # one ring of STAGES slots per consumer
         fence_async_shared()
         gl.warp_specialize(
@@ -274,14 +274,7 @@ if HAVE_GLUON:
         SPLIT: gl.constexpr = BLOCK_N // 64
         FIRST: gl.constexpr = 0
         SECOND: gl.constexpr = 1
-        pid = gl.program_id(0)
-        bh = gl.program_id(1).to(gl.int64)
-        if REORDER:
-            i = gl.load(ORDER + bh * n_qb + pid)
-        else:
-            i = pid
-        row = bh * n_qb + i
-        lst = IDX + row * n_kb  # level-1 entries come first
+        bh, i, row, lst = query_block(IDX, ORDER, n_qb, n_kb, REORDER)  # level-1 entries come first in lst
         n = gl.load(CNT + row * 4) * SPLIT
         q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
         do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], do_desc.layout)

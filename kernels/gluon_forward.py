@@ -29,11 +29,13 @@ from .triton_forward import LOG2E
 
 if HAVE_GLUON:
     from .gluon_support import (
+        barriers,
         descriptor,
         fence_async_shared,
         gl,
         gluon,
         mbarrier,
+        query_block,
         ring_barriers,
         tma,
         warpgroup_mma,
@@ -278,14 +280,7 @@ if HAVE_GLUON:
         dtype: gl.constexpr = q_desc.dtype
         FIRST: gl.constexpr = 0
         SECOND: gl.constexpr = 1
-        pid = gl.program_id(0)
-        bh = gl.program_id(1).to(gl.int64)
-        if REORDER:
-            i = gl.load(ORDER + bh * n_qb + pid)
-        else:
-            i = pid
-        row = bh * n_qb + i
-        lst = IDX + row * n_kb
+        bh, i, row, lst = query_block(IDX, ORDER, n_qb, n_kb, REORDER)
         c1 = gl.load(CNT + row * 4)
         c2 = gl.load(CNT + row * 4 + 1)
         c4 = gl.load(CNT + row * 4 + 2)
@@ -296,12 +291,8 @@ if HAVE_GLUON:
         q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(q_ready, count=1)
         k_ready, empty = ring_barriers(STAGES, 2)  # both consumers read every key tile
-        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for slot in gl.static_range(STAGES):
-            mbarrier.init(v_ready.index(slot), count=1)
-        turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        for c in gl.static_range(2):
-            mbarrier.init(turns.index(c), count=1)
+        v_ready = barriers(STAGES, 1)
+        turns = barriers(2, 1)
         fence_async_shared()
         BOX1: gl.constexpr = k1.block_type.shape[0]
         BOX2: gl.constexpr = k2.block_type.shape[0]

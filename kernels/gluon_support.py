@@ -38,15 +38,32 @@ if HAVE_GLUON:
         return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
 
     @gluon.jit
+    def barriers(N: gl.constexpr, ARRIVALS: gl.constexpr):
+        """N mbarriers in shared memory, each completing a phase on ARRIVALS arrivals (one for a TMA
+        transaction or a single warpgroup)."""
+        bars = gl.allocate_shared_memory(gl.int64, [N, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(N):
+            mbarrier.init(bars.index(s), count=ARRIVALS)
+        return bars
+
+    @gluon.jit
     def ring_barriers(SLOTS: gl.constexpr, READERS: gl.constexpr):
         """mbarriers of a ring of SLOTS shared-memory buffers: `ready[s]` completes when slot s is
         filled (one TMA transaction), `empty[s]` when its READERS consumer warpgroups are done."""
-        ready = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
-        for s in gl.static_range(SLOTS):
-            mbarrier.init(ready.index(s), count=1)
-            mbarrier.init(empty.index(s), count=READERS)
-        return ready, empty
+        return barriers(SLOTS, 1), barriers(SLOTS, READERS)
+
+    @gluon.jit
+    def query_block(IDX, ORDER, n_qb, n_kb, REORDER: gl.constexpr):
+        """This program's (head, query block, row of the per-query-block lists, list): grid axis 0
+        walks a head's query blocks, heaviest first when REORDER (ORDER), axis 1 the heads."""
+        pid = gl.program_id(0)
+        bh = gl.program_id(1).to(gl.int64)
+        if REORDER:
+            i = gl.load(ORDER + bh * n_qb + pid)
+        else:
+            i = pid
+        row = bh * n_qb + i
+        return bh, i, row, IDX + row * n_kb
 
     @gluon.jit
     def load_pair(desc_a, desc_b, row, bar, buf_a, buf_b, pred=True):
@@ -69,5 +86,6 @@ def descriptor(x: torch.Tensor, rows: int):
                                         gl.NVMMASharedLayout.get_default_for([rows, dim], el))
 
 
-__all__ = ["HAVE_GLUON", "TensorDescriptor", "descriptor", "fence_async_shared", "gl", "gluon", "load_pair",
-           "mbarrier", "on_hopper", "ring_barriers", "tma", "warpgroup_mma", "warpgroup_mma_wait", "wgmma_layout"]
+__all__ = ["HAVE_GLUON", "TensorDescriptor", "barriers", "descriptor", "fence_async_shared", "gl", "gluon", "load_pair",
+           "mbarrier", "on_hopper", "query_block", "ring_barriers", "tma", "warpgroup_mma", "warpgroup_mma_wait",
+           "wgmma_layout"]
