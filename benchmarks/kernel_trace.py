@@ -1,0 +1,68 @@
+"""Where one forward + backward of the Triton pyramid attention spends its GPU time.
+
+Runs the API call (`pyramid_attention(..., backend="triton")`) at the Wan shape and a density of
+the kernel table under torch.profiler and prints, per kernel, its GPU time per call, then the
+sum of kernel times against the wall time per call. The difference is time the GPU sat idle
+between launches (host-bound stretches), which stage timings of kernels run alone cannot show.
+
+    python benchmarks/kernel_trace.py [--density 0.15] [--calls 20] [--forward-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import defaultdict
+
+import torch
+from kernel_bench import BLOCK_M, BLOCK_N, MIXES, SHAPES, inputs, make_levels
+from torch.profiler import ProfilerActivity, profile
+
+from psa_train.kernels import pyramid_attention
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--density", type=float, default=0.15, choices=sorted(MIXES))
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--forward-only", action="store_true")
+    args = ap.parse_args()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batch, heads, length, dim = SHAPES["wan"]
+    q, k, v, do = inputs(SHAPES["wan"], "cuda", gen)
+    levels = make_levels(batch, heads, math.ceil(length / BLOCK_M), math.ceil(length / BLOCK_N),
+                         MIXES[args.density], "cuda", gen)
+    scale = 1 / math.sqrt(dim)
+
+    def call():
+        if args.forward_only:
+            with torch.no_grad():
+                pyramid_attention(q, k, v, levels, BLOCK_M, BLOCK_N, scale, backend="triton")
+        else:
+            pyramid_attention(q, k, v, levels, BLOCK_M, BLOCK_N, scale, backend="triton").backward(do)
+
+    for _ in range(5):  # compile and warm up
+        call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(args.calls):
+            call()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3 / args.calls
+    per_kernel = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.name] += event.device_time / 1e3 / args.calls
+    busy = sum(per_kernel.values())
+    what = "forward" if args.forward_only else "forward+backward"
+    print(f"{what}, Wan shape, density {args.density}, {args.calls} calls (ms per call)")
+    for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
+        print(f"{ms:8.3f}  {name[:110]}")
+    print(f"{busy:8.3f}  sum of kernel times")
+    print(f"{wall_ms:8.3f}  wall time per call (profiler on); idle {wall_ms - busy:.3f}")
+
+
+if __name__ == "__main__":
+    main()
