@@ -222,13 +222,6 @@ KERNEL_VARIANTS = {
     "dq + dkdv gluon": dict(dq_gluon=True, dkdv_gluon=True),
     "dq + dkdv triton": dict(dq_gluon=False, dkdv_gluon=False),
     "no pooled atomics (wrong grads)": dict(dq_pooled_atomics=False),
-    # the dQ pass's pooled levels by the Gluon kernel (its own warpgroup for dK̄/dV̄ and atomics)
-    "dq pooled gluon": dict(dq_gluon=True, dq_pooled_gluon=True),
-    "dq pooled gluon 3 stages": dict(dq_gluon=True, dq_pooled_gluon=True, dq_pooled_gluon_stages=3),
-    "dq pooled gluon regs 200/88": dict(dq_gluon=True, dq_pooled_gluon=True, dq_pooled_gluon_regs=(200, 88)),
-    "dq pooled gluon regs 184/120": dict(dq_gluon=True, dq_pooled_gluon=True, dq_pooled_gluon_regs=(184, 120)),
-    "dq pooled gluon no atomics (wrong grads)": dict(dq_gluon=True, dq_pooled_gluon=True, dq_pooled_atomics=False),
-    "dq pooled triton": dict(dq_pooled_gluon=False),
     # the Gluon forward (Hopper) against the Triton one
     "fwd gluon 64-row tiles": dict(fwd_gluon=True, fwd_gluon_tile=64, fwd_gluon_stages=3),
     "fwd gluon 64-row tiles 4 stages": dict(fwd_gluon=True, fwd_gluon_tile=64, fwd_gluon_stages=4),

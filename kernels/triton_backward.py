@@ -297,20 +297,14 @@ def launch_delta(out, do):
 def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
     """dQ (q's dtype); accumulates the pooled levels' dK̄/dV̄ into pooled_grads on the way.
 
-    With cfg.dq_gluon on a Hopper GPU the level-1 pairs go to the Gluon kernel, which adds the
-    pooled levels' result (fp32; this module's kernel, or gluon_pooled_dq's with
-    cfg.dq_pooled_gluon) to its own."""
+    With cfg.dq_gluon on a Hopper GPU the level-1 pairs go to the Gluon kernel, which adds this
+    pass's pooled-level result (fp32) to its own."""
     if cfg.dq_gluon:
-        from . import gluon_backward, gluon_pooled_dq
+        from . import gluon_backward
 
         if gluon_backward.supported_dq(q, block_m, block_n):
-            if cfg.dq_pooled_gluon:
-                partial = gluon_pooled_dq.launch_pooled_dq_gluon(
-                    q, k, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale,
-                    stages=cfg.dq_pooled_gluon_stages, regs=cfg.dq_pooled_gluon_regs, atomics=cfg.dq_pooled_atomics)
-            else:
-                partial = launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n,
-                                           sm_scale, cfg, level1=False)
+            partial = launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n,
+                                       sm_scale, cfg, level1=False)
             return gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, sm_scale, partial)
     return launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg)
 

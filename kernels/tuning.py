@@ -51,11 +51,6 @@ class KernelConfig:
     # the dQ pass's level-1 pairs by the Gluon kernel (gluon_backward, block_m 128), its pooled
     # levels by the Triton kernel into an fp32 partial the Gluon kernel adds in
     dq_gluon: bool = False
-    # with dq_gluon: the pooled levels too by a Gluon kernel (gluon_pooled_dq) whose own warpgroup
-    # computes their dK̄/dV̄ and atomics; key tiles in flight, registers of consumers / that warpgroup
-    dq_pooled_gluon: bool = False
-    dq_pooled_gluon_stages: int = 2
-    dq_pooled_gluon_regs: tuple[int, int] = (192, 104)
     # the forward by the warp-specialised Gluon kernel (gluon_forward; Hopper, 16-bit, D 64/128,
     # block_m 128, block_n a multiple of 64): key tiles of fwd_gluon_tile rows, that many in flight
     fwd_gluon: bool = False

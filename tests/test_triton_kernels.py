@@ -301,15 +301,13 @@ GLUON_DKDV_CASES = [
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and on_hopper(torch.device("cuda"))),
                     reason="the Gluon backward kernels need a Hopper GPU and a Triton with Gluon")
-@pytest.mark.parametrize("pooled", [False, True], ids=["pooled-triton", "pooled-gluon"])
 @pytest.mark.parametrize("case", GLUON_DKDV_CASES, ids=lambda c: f"L{c[2]}x{c[3]}-D{c[4]}-{c[6]}x{c[7]}")
-def test_gluon_backward_matches_reference_and_triton(case, pooled, monkeypatch):
-    """The Gluon backward kernels, the dQ pass's pooled levels by the Triton or the Gluon kernel."""
+def test_gluon_backward_matches_reference_and_triton(case, monkeypatch):
     from psa_train.kernels import gluon_backward, tuning
 
     batch, heads, lq, lk, dim, dtype, bm, bn = case
     assert gluon_backward.supported(torch.empty(1, 1, 1, dim, dtype=dtype, device="cuda"), bm, bn)
-    monkeypatch.setattr(tuning, "CHANGES", {"dkdv_gluon": True, "dq_gluon": True, "dq_pooled_gluon": pooled})
+    monkeypatch.setattr(tuning, "CHANGES", {"dkdv_gluon": True, "dq_gluon": True})
     got, want, _ = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=11, device="cuda")
     monkeypatch.setattr(tuning, "CHANGES", {"dkdv_gluon": False, "dq_gluon": False})
     triton_got, _, _ = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=11, device="cuda")
