@@ -4,14 +4,18 @@ Runs the API call (`pyramid_attention(..., backend="triton")`) at the Wan shape 
 the kernel table under torch.profiler and prints, per kernel, its GPU time per call, then the
 sum of kernel times against the wall time per call. The difference is time the GPU sat idle
 between launches (host-bound stretches), which stage timings of kernels run alone cannot show.
+`--host` instead profiles the Python side (cProfile) of calls issued while the GPU is busy: the
+host time per call and the functions it goes to.
 
-    python benchmarks/kernel_trace.py [--density 0.15] [--calls 20] [--forward-only]
+    python benchmarks/kernel_trace.py [--density 0.15] [--calls 20] [--forward-only] [--host]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import math
+import pstats
 import time
 from collections import defaultdict
 
@@ -27,6 +31,7 @@ def main() -> None:
     ap.add_argument("--density", type=float, default=0.15, choices=sorted(MIXES))
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--forward-only", action="store_true")
+    ap.add_argument("--host", action="store_true", help="profile the host side instead (cProfile)")
     args = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, length, dim = SHAPES["wan"]
@@ -45,6 +50,9 @@ def main() -> None:
     for _ in range(5):  # compile and warm up
         call()
     torch.cuda.synchronize()
+    if args.host:
+        profile_host(call, args.calls)
+        return
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         for _ in range(args.calls):
@@ -62,6 +70,28 @@ def main() -> None:
         print(f"{ms:8.3f}  {name[:110]}")
     print(f"{busy:8.3f}  sum of kernel times")
     print(f"{wall_ms:8.3f}  wall time per call (profiler on); idle {wall_ms - busy:.3f}")
+
+
+def profile_host(call, calls):
+    """Host time per call, measured on calls queued behind a long GPU job so the host never waits
+    for the GPU (the launch queue holds far more than `calls` calls' launches), and its top
+    functions by own time."""
+    busy = torch.empty(8192, 8192, device="cuda")
+    profiler = cProfile.Profile()
+    for label, prof in (("", None), (" (cProfile on)", profiler)):
+        for _ in range(20):  # ~0.4 s of fp32 matrix products ahead of the calls
+            busy @ busy
+        start = time.perf_counter()
+        if prof:
+            prof.enable()
+        for _ in range(calls):
+            call()
+        if prof:
+            prof.disable()
+        host_ms = (time.perf_counter() - start) * 1e3 / calls
+        torch.cuda.synchronize()
+        print(f"host time per call{label}: {host_ms:.3f} ms")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
 
 
 if __name__ == "__main__":

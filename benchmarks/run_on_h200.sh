@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the GPU tests and benchmarks on a bare GPU machine whose python3 has torch and triton.
 # Wheels for packages that machine lacks (diffusers, importlib_metadata, ...) are taken from
-# .whl/ when present. Logs go to $OUT (or ./gpu_logs). Steps: tests scoring variants profile kernels
+# .whl/ when present. Logs go to $OUT (or ./gpu_logs). Steps: tests scoring variants profile trace kernels
 # wan wan_quick wan_floor scoring_tests videomae.
 #   bash benchmarks/run_on_h200.sh tests scoring wan
 set -uo pipefail
@@ -27,6 +27,8 @@ for step in "$@"; do
         scoring) python3 benchmarks/kernel_bench.py --scoring-only 2>&1 | tee "$out/scoring.log" ;;
         variants) python3 benchmarks/kernel_bench.py --variants --json "$out/variants.json" 2>&1 \
             | tee "$out/variants.log" ;;
+        trace) (cd benchmarks && python3 kernel_trace.py && python3 kernel_trace.py --host) 2>&1 \
+            | grep -v Warning | tee "$out/kernel_trace.log" ;;
         kernels) python3 benchmarks/kernel_bench.py --json "$out/kernel_bench.json" 2>&1 | tee "$out/kernel_bench.log" ;;
         wan) python3 benchmarks/wan_step_bench.py --variants dense-cudnn dense-flash psa psa-forced no-attention 2>&1 \
             | tee "$out/wan_step.log" ;;
