@@ -140,14 +140,18 @@ def graph_time(fn):
     return bench(graph.replay)
 
 
-# Forward candidates (every one takes the bias-free step on clean tiles); the last two are
-# the third session's winners without paired tiles.
+# Forward candidates: the Triton kernel (every one takes the bias-free step on clean tiles; the
+# fourth and fifth are the third session's winners without paired tiles), then the Gluon kernel.
+# Each names fwd_gluon, since an entry's own setting would otherwise decide which kernel runs.
 SWEEP_FWD = [
-    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=2, fwd_pair_levels=()),
-    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=2, fwd_pair_levels=(2, 4, 8)),
-    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=2, fwd_pair_levels=(1, 2, 4, 8)),
-    dict(fwd_tiles=(64, 64, 64, 64), fwd_warps=4, fwd_stages=3, fwd_pair_levels=()),
-    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=3, fwd_pair_levels=()),
+    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=2, fwd_pair_levels=(), fwd_gluon=False),
+    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=2, fwd_pair_levels=(2, 4, 8), fwd_gluon=False),
+    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=2, fwd_pair_levels=(1, 2, 4, 8), fwd_gluon=False),
+    dict(fwd_tiles=(64, 64, 64, 64), fwd_warps=4, fwd_stages=3, fwd_pair_levels=(), fwd_gluon=False),
+    dict(fwd_tiles=(64, 32, 32, 32), fwd_warps=4, fwd_stages=3, fwd_pair_levels=(), fwd_gluon=False),
+    # the Gluon forward (Hopper, block_n a multiple of 64; elsewhere the entry's Triton kernel runs)
+    dict(fwd_gluon=True, fwd_gluon_stages=4, fwd_gluon_pingpong=True),
+    dict(fwd_gluon=True, fwd_gluon_stages=3, fwd_gluon_pingpong=False),
 ]
 # dQ and dK/dV: the Triton kernels' candidates, then the Gluon kernels (Hopper; elsewhere they
 # fall back to the Triton kernel of the key's entry)
