@@ -1,13 +1,13 @@
 """Where one forward + backward of the Triton pyramid attention spends its GPU time.
 
-Runs the API call (`pyramid_attention(..., backend="triton")`) at the Wan shape and a density of
+Runs the API call (`pyramid_attention(..., backend="triton")`) at a shape (Wan or ViT) and a density of
 the kernel table under torch.profiler and prints, per kernel, its GPU time per call, then the
 sum of kernel times against the wall time per call. The difference is time the GPU sat idle
 between launches (host-bound stretches), which stage timings of kernels run alone cannot show.
 `--host` instead profiles the Python side (cProfile) of calls issued while the GPU is busy: the
 host time per call and the functions it goes to.
 
-    python benchmarks/kernel_trace.py [--density 0.15] [--calls 20] [--forward-only] [--host]
+    python benchmarks/kernel_trace.py [--shape wan|vit] [--density 0.15] [--calls 20] [--forward-only] [--host]
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from psa_train.kernels import pyramid_attention
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="wan", choices=sorted(SHAPES))
     ap.add_argument("--density", type=float, default=0.15, choices=sorted(MIXES))
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--forward-only", action="store_true")
     ap.add_argument("--host", action="store_true", help="profile the host side instead (cProfile)")
     args = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    batch, heads, length, dim = SHAPES["wan"]
-    q, k, v, do = inputs(SHAPES["wan"], "cuda", gen)
+    batch, heads, length, dim = SHAPES[args.shape]
+    q, k, v, do = inputs(SHAPES[args.shape], "cuda", gen)
     levels = make_levels(batch, heads, math.ceil(length / BLOCK_M), math.ceil(length / BLOCK_N),
                          MIXES[args.density], "cuda", gen)
     scale = 1 / math.sqrt(dim)
@@ -65,7 +66,7 @@ def main() -> None:
             per_kernel[event.name] += event.device_time / 1e3 / args.calls
     busy = sum(per_kernel.values())
     what = "forward" if args.forward_only else "forward+backward"
-    print(f"{what}, Wan shape, density {args.density}, {args.calls} calls (ms per call)")
+    print(f"{what}, {args.shape} shape {SHAPES[args.shape]}, density {args.density}, {args.calls} calls (ms per call)")
     for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
         print(f"{ms:8.3f}  {name[:110]}")
     print(f"{busy:8.3f}  sum of kernel times")
