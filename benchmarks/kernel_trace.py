@@ -3,7 +3,8 @@
 Runs the API call (`pyramid_attention(..., backend="triton")`) at a shape (Wan or ViT) and a density of
 the kernel table under torch.profiler and prints, per kernel, its GPU time per call, then the
 sum of kernel times against the wall time per call. The difference is time the GPU sat idle
-between launches (host-bound stretches), which stage timings of kernels run alone cannot show.
+(gaps between launches, or the host falling behind; the profiler adds to both), which stage
+timings of kernels run alone cannot show.
 `--host` instead profiles the Python side (cProfile) of calls issued while the GPU is busy: the
 host time per call and the functions it goes to.
 
@@ -77,7 +78,7 @@ def profile_host(call, calls):
     """Host time per call, measured on calls queued behind a long GPU job so the host never waits
     for the GPU (the launch queue holds far more than `calls` calls' launches), and its top
     functions by own time."""
-    busy = torch.empty(8192, 8192, device="cuda")
+    busy = torch.randn(8192, 8192, device="cuda")
     profiler = cProfile.Profile()
     for label, prof in (("", None), (" (cProfile on)", profiler)):
         for _ in range(20):  # ~0.4 s of fp32 matrix products ahead of the calls

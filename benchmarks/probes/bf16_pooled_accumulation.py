@@ -110,16 +110,18 @@ def main():
     ap.add_argument("--length", type=int, default=32768)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.length % BLOCK_M:
+        raise SystemExit(f"--length must be a multiple of {BLOCK_M} (the fold here assumes whole pooled groups)")
     gen = torch.Generator().manual_seed(args.seed)
     q, k, v, do = (torch.randn(args.length, DIM, generator=gen).bfloat16().double() for _ in range(4))
     levels = random_levels(args.length // BLOCK_M, args.length // BLOCK_N, gen)
     dk1, dv1, parts = pooled_gradients(q, k, v, do, levels, DIM ** -0.5)
-    exact = fold(dk1, dv1, accumulate(parts, args.length, torch.float64, gen))
+    sums64 = accumulate(parts, args.length, torch.float64, gen)
+    exact = fold(dk1, dv1, sums64)
     per_row = {s: len(items) * (BLOCK_N // s) / -(-args.length // s) for s, items in parts.items() if items}
     print(f"one head, L={args.length}, D={DIM}, {BLOCK_M}x{BLOCK_N} blocks, levels 1/2/4/8 = {MIX}; "
           f"contributions per pooled row: " + ", ".join(f"level {s}: {c:.1f}" for s, c in per_row.items()))
-    pooled_exact = fold(torch.zeros_like(dk1), torch.zeros_like(dv1),
-                        accumulate(parts, args.length, torch.float64, gen))
+    pooled_exact = fold(torch.zeros_like(dk1), torch.zeros_like(dv1), sums64)
     for name, g, pg in (("dK", exact[0], pooled_exact[0]), ("dV", exact[1], pooled_exact[1])):
         print(f"{name}: pooled part's share of the gradient norm {pg.norm() / g.norm():.3f}; "
               f"relative error of the exact gradient rounded to bf16 {rel(g.bfloat16().double(), g):.2e}")
