@@ -84,7 +84,11 @@ def flex_block_mask(batch, heads, length, dens, device, gen):
 
 
 def fwd_bwd(fn, q, k, v, do):
+    """One forward + backward. The inputs' .grad are dropped first (host only), so the backward
+    writes them instead of adding into the last call's: in a model q, k, v are not leaves and
+    nothing accumulates there (the add cost every method the same 0.2 ms at the Wan shape)."""
     def run():
+        q.grad = k.grad = v.grad = None
         fn(q, k, v).backward(do)
 
     return run
@@ -210,6 +214,7 @@ def sweep(key, device, gen, log, passes=("fwd", "dq", "dkdv")):
     return tuning.replace(base, **best)
 
 
+GLUON_POOLED = dict(dq_gluon=True, dq_pooled_gluon=True)
 # Kernel variants timed against each other at density 0.15 (--variants): name -> config change.
 KERNEL_VARIANTS = {
     "default": {},
@@ -218,7 +223,7 @@ KERNEL_VARIANTS = {
     "fwd pooled gathers": dict(fwd_pooled_tma=False),
     "fwd Q by pointer loads": dict(fwd_q_tma=False),
     "fwd 8 warps": dict(fwd_warps=8),
-    "dq per-entry TMA tiles": dict(dq_pooled_tma=True),
+    "dq per-entry TMA tiles": dict(dq_pooled_gluon=False, dq_pooled_tma=True),
     "dkdv 8 warps": dict(dkdv_warps=8),
     # the Gluon backward kernels (Hopper) against the Triton ones, whatever the entry's default
     "dkdv gluon": dict(dkdv_gluon=True),
@@ -226,6 +231,19 @@ KERNEL_VARIANTS = {
     "dq + dkdv gluon": dict(dq_gluon=True, dkdv_gluon=True),
     "dq + dkdv triton": dict(dq_gluon=False, dkdv_gluon=False),
     "no pooled atomics (wrong grads)": dict(dq_pooled_atomics=False),
+    # the dQ pass's pooled levels by the Gluon kernel (its own warpgroup for dK̄/dV̄ and atomics);
+    # unnamed options as KernelConfig's defaults (registers 184/120, products one after the other)
+    "dq pooled gluon": GLUON_POOLED,
+    "dq pooled gluon 3 stages": GLUON_POOLED | dict(dq_pooled_gluon_stages=3),
+    "dq pooled gluon regs 208/72": GLUON_POOLED | dict(dq_pooled_gluon_regs=(208, 72)),
+    "dq pooled gluon regs 192/104": GLUON_POOLED | dict(dq_pooled_gluon_regs=(192, 104)),
+    "dq pooled gluon regs 176/136": GLUON_POOLED | dict(dq_pooled_gluon_regs=(176, 136)),
+    "dq pooled gluon regs 168/152": GLUON_POOLED | dict(dq_pooled_gluon_regs=(168, 152)),
+    "dq pooled gluon pipelined, regs 192/104": GLUON_POOLED | dict(dq_pooled_gluon_pipelined=True,
+                                                                   dq_pooled_gluon_regs=(192, 104)),
+    "dq pooled gluon pipelined, regs 184/120": GLUON_POOLED | dict(dq_pooled_gluon_pipelined=True),
+    "dq pooled gluon no atomics (wrong grads)": GLUON_POOLED | dict(dq_pooled_atomics=False),
+    "dq pooled triton": dict(dq_pooled_gluon=False),
     # the Gluon forward (Hopper) against the Triton one
     "fwd gluon 64-row tiles": dict(fwd_gluon=True, fwd_gluon_tile=64, fwd_gluon_stages=3),
     "fwd gluon 64-row tiles 4 stages": dict(fwd_gluon=True, fwd_gluon_tile=64, fwd_gluon_stages=4),
@@ -235,9 +253,9 @@ KERNEL_VARIANTS = {
     "fwd gluon 3 stages pingpong": dict(fwd_gluon=True, fwd_gluon_tile=64, fwd_gluon_stages=3, fwd_gluon_pingpong=True),
     "fwd triton": dict(fwd_gluon=False),
     # the Triton dQ kernel's pooled levels (level 1 in Gluon): never swept in that role
-    "dq pooled 2 stages": dict(dq_stages=2),
-    "dq pooled 32-row tiles": dict(dq_tiles=(64, 32, 32, 32)),
-    "dq pooled TMA tiles": dict(dq_pooled_tma=True),
+    "dq pooled triton 2 stages": dict(dq_pooled_gluon=False, dq_stages=2),
+    "dq pooled triton 32-row tiles": dict(dq_pooled_gluon=False, dq_tiles=(64, 32, 32, 32)),
+    "dq pooled triton TMA tiles": dict(dq_pooled_gluon=False, dq_pooled_tma=True),
     # block_n 32: level-1 entries are 32 rows; gathering two per 64-row tile instead of TMA tiles of 32
     "fwd level-1 gathers 64-row tiles": dict(fwd_tma=False, fwd_tiles=(64, 32, 32, 32)),
     "dq level-1 gathers 64-row tiles": dict(dq_tma=False),
@@ -343,6 +361,9 @@ def scoring_kernel_sweep(q, k, log, only=None):
         "triton pass 1": {"pass1": "triton"},
         "gluon pass 1": {"pass1": "gluon"},
         "gluon pass 1, fp32 scratch": {"pass1": "gluon", "scratch": "fp32"},
+        "gluon pass 1, 2 consumers": {"pass1": "gluon", "gluon_consumers": 2, "gluon_tile": 0},
+        "gluon pass 1, 4 consumers, 64-key steps": {"pass1": "gluon", "gluon_consumers": 4, "gluon_tile": 64},
+        "gluon pass 1, 4 consumers, 128-key steps": {"pass1": "gluon", "gluon_consumers": 4, "gluon_tile": 128},
     }
     if only:
         variants = {name: opts for name, opts in variants.items() if name in only}
@@ -391,7 +412,8 @@ def main():
     ap.add_argument("--variants", action="store_true", help="time KERNEL_VARIANTS at the Wan shape, density 0.15")
     ap.add_argument("--variant-block-ns", default="64,32", help="key block sizes for --variants")
     ap.add_argument("--variant-names", default=None,
-                    help="comma-separated subset of KERNEL_VARIANTS (with --scoring-only: of the scoring variants)")
+                    help="';'-separated subset of KERNEL_VARIANTS (with --scoring-only: of the scoring variants); "
+                         "names may contain commas")
     args = ap.parse_args()
     device = "cuda"
     gen = torch.Generator(device=device).manual_seed(0)
@@ -404,10 +426,10 @@ def main():
     if args.scoring_only:
         q, k, _, _ = inputs(SHAPES["wan"], device, gen)
         print(f"scoring+assignment at wan (ms): {scoring_time(q, k)}")
-        scoring_kernel_sweep(q, k, log, args.variant_names.split(",") if args.variant_names else None)
+        scoring_kernel_sweep(q, k, log, args.variant_names.split(";") if args.variant_names else None)
         return
     if args.variants:
-        names = args.variant_names.split(",") if args.variant_names else None
+        names = args.variant_names.split(";") if args.variant_names else None
         rows = kernel_variants(device, gen, log, [int(b) for b in args.variant_block_ns.split(",")], names)
         if args.json:
             with open(args.json, "w") as fh:

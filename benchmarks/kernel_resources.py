@@ -75,7 +75,7 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
     dQ kernels of one backward, and block scoring's pass 1 at a quarter of the tokens sampled."""
     from types import SimpleNamespace
 
-    from psa_train.kernels import gluon_backward, gluon_block_scores, gluon_forward
+    from psa_train.kernels import gluon_backward, gluon_block_scores, gluon_forward, gluon_pooled_dq
 
     launches = []
 
@@ -100,7 +100,7 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
     slots = max(1, block_n // 4)
     sampled = triton.cdiv(length, block_n) * slots
     kernels = {"_dkdv_kernel": gluon_backward, "_dq1_kernel": gluon_backward, "_block_sums_kernel": gluon_block_scores,
-               "_fwd_kernel": gluon_forward}
+               "_fwd_kernel": gluon_forward, "_pooled_dq_kernel": gluon_pooled_dq}
     with contextlib.ExitStack() as stack:
         for name, module in kernels.items():
             stack.enter_context(mock.patch.object(module, name, Recorder(getattr(module, name))))
@@ -108,6 +108,8 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
         gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, dim ** -0.5, partial)
         cfg = tuning.get_config(dim, block_m, block_n, dtype)
         pyramid = [tuple(t(batch, heads, triton.cdiv(length, s), dim) for _ in range(2)) for s in (2, 4, 8)]
+        gluon_pooled_dq.launch_pooled_dq_gluon(q, k, do, lse, delta, pyramid, pooled, plan, block_m, block_n,
+                                               dim ** -0.5)
         gluon_forward.launch_fwd_gluon(q, k, v, pyramid, plan, block_m, block_n, dim ** -0.5,
                                        cfg.fwd_gluon_tile, cfg.fwd_gluon_stages, cfg.fwd_gluon_pingpong)
         gluon_block_scores.block_sums_gluon(t(batch, heads, sampled, dim), t(batch, heads, sampled, dim),

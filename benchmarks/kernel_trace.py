@@ -47,6 +47,7 @@ def main() -> None:
             with torch.no_grad():
                 pyramid_attention(q, k, v, levels, BLOCK_M, BLOCK_N, scale, backend="triton")
         else:
+            q.grad = k.grad = v.grad = None  # as kernel_bench.fwd_bwd: no accumulation into .grad
             pyramid_attention(q, k, v, levels, BLOCK_M, BLOCK_N, scale, backend="triton").backward(do)
 
     for _ in range(5):  # compile and warm up

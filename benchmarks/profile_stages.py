@@ -4,11 +4,14 @@
         --section WarpStateStats python3 benchmarks/profile_stages.py
 
 Every stage runs once untimed first (compilation), then once between cudaProfilerStart and
-cudaProfilerStop, so the profiler sees exactly one launch of each kernel.
+cudaProfilerStop, so the profiler sees exactly one launch of each kernel. `--set KEY=VALUE`
+changes the kernel configuration (as kernel_bench.py's); `--scoring` adds block scoring and
+level assignment at the default PSAConfig.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -22,6 +25,11 @@ from psa_train.kernels.triton_pyramid import build_pyramid
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--scoring", action="store_true")
+    args = ap.parse_args()
+    tuning.CHANGES = tuning.parse_overrides(args.set)
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, length, dim = SHAPES["wan"]
     q, k, v, do = (t.detach() for t in inputs(SHAPES["wan"], "cuda", gen))
@@ -31,6 +39,12 @@ def main() -> None:
     scale = 1 / math.sqrt(dim)
 
     def stages():
+        if args.scoring:
+            from psa_train.attention import PSAConfig, assign_levels, block_scores
+
+            preset = PSAConfig()
+            assign_levels(block_scores(q, k, preset.block_m, preset.block_n, preset.sample_fraction,
+                                       preset.score_reduction), preset)
         plan = build_plan(levels, BLOCK_N)
         pyramid = build_pyramid(k, v)
         out, lse = pyramid_forward(q, k, v, pyramid, plan, BLOCK_M, BLOCK_N, scale, cfg)

@@ -13,9 +13,10 @@ consumer warpgroups compute, so one's exponentials overlap the other's products.
     the tensor cores, dV += Pᵀ dO, dK += dSᵀ Q; then the pooled levels' gradients folded onto
     member keys and one store.
   * dQ pass, level 1 (`launch_dq1_gluon`): per query block, the two consumers own 64 rows each and
-    share the K/V tiles of its level-1 entries (64-key steps): dQ += dS K. The pooled levels stay
-    in the Triton dQ kernel (gathered tiles, fp32 atomics for their dK̄/dV̄), which writes an fp32
-    partial this kernel adds before its store.
+    share the K/V tiles of its level-1 entries (64-key steps): dQ += dS K. The pooled levels are
+    done first, by gluon_pooled_dq (KernelConfig.dq_pooled_gluon) or the Triton dQ kernel
+    (gathered tiles, fp32 atomics for their dK̄/dV̄); either writes an fp32 partial this kernel
+    adds before its store.
 
 CUDA only (compute capability 9.x), 16-bit inputs, D in {64, 128}, block_m and block_n multiples
 of 64 (the dQ kernel: block_m 128).
@@ -106,23 +107,56 @@ if HAVE_GLUON:
                 _load_step(q_desc, do_desc, q_bufs, do_bufs, ready, empty, IDXT, base1, it, bh, Lq, STAGES,
                            BLOCK_M, STAGES)
 
+    @gluon.constexpr_function
+    def pooled_order_layout(cols):
+        """One warpgroup's [64, cols] product accumulator with its columns relabelled into the
+        pooled buffers' order (`to_pooled_order`): each thread's four consecutive columns first
+        in its registers, so loads and atomics of them are 16-byte vectors."""
+        reg_bases = [[0, 1], [0, 2], [8, 0]] + [[0, 16 << i] for i in range((cols // 16).bit_length() - 1)]
+        return gl.DistributedLinearLayout(reg_bases=reg_bases, lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
+                                          warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, cols])
+
+    @gluon.jit
+    def to_pooled_order(acc):
+        """An accumulator tile [64, C] relabelled so that column 16a + 4t + 2b + e holds column
+        16a + 8b + 2t + e (`triton_backward.pooled_column`): the four columns thread t of a quad
+        holds in every sixteen become consecutive. Moves no data."""
+        rows: gl.constexpr = acc.shape[0]
+        cols: gl.constexpr = acc.shape[1]
+        acc = gl.reshape(gl.permute(gl.reshape(acc, [rows, cols // 16, 2, 4, 2]), (0, 1, 3, 2, 4)), [rows, cols])
+        return gl.convert_layout(acc, pooled_order_layout(cols))
+
+    @gluon.jit
+    def natural_column(n):
+        """The column whose value sits at column n of a `to_pooled_order` tile."""
+        return 16 * (n // 16) + 8 * ((n // 2) % 2) + 2 * ((n // 4) % 4) + n % 2
+
     @gluon.jit
     def _add_pooled(grad, BUF, offs_n, mask_n, d, bh, Lk, S: gl.constexpr, HEAD_DIM: gl.constexpr):
-        """grad + a level-S pooled gradient spread onto its member keys (d mean / d member = 1/n)."""
+        """grad + a level-S pooled gradient spread onto its member keys (d mean / d member = 1/n);
+        d: the buffer column of each of grad's columns."""
         r = offs_n // S
         inv_n = 1.0 / gl.maximum(gl.minimum(Lk - r * S, S), 1).to(gl.float32)
         offs = (bh * ((Lk + S - 1) // S) + r)[:, None] * HEAD_DIM + d[None, :]
         return grad + gl.load(BUF + offs, mask=mask_n[:, None], other=0.0) * inv_n[:, None]
 
     @gluon.jit
-    def _finish(grad, G2, G4, G8, OUT, offs_n, d, bh, Lk, HEAD_DIM: gl.constexpr):
+    def _finish(grad, G2, G4, G8, OUT, offs_n, d, bh, Lk, HEAD_DIM: gl.constexpr, PERMUTED: gl.constexpr):
         """Fold the pooled levels in and store; one of dK, dV at a time, so only one pooled tile
-        is live next to the accumulators."""
+        is live next to the accumulators. PERMUTED: the buffers hold gluon_pooled_dq's column
+        order; the tile is relabelled into it, so the loads stay 16-byte vectors."""
+        if PERMUTED:
+            grad = to_pooled_order(grad)
+            d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, grad.type.layout))
+            offs_n = gl.convert_layout(offs_n, gl.SliceLayout(1, grad.type.layout))
+            out_cols = natural_column(d)
+        else:
+            out_cols = d
         mask_n = offs_n < Lk
         grad = _add_pooled(grad, G2, offs_n, mask_n, d, bh, Lk, 2, HEAD_DIM)
         grad = _add_pooled(grad, G4, offs_n, mask_n, d, bh, Lk, 4, HEAD_DIM)
         grad = _add_pooled(grad, G8, offs_n, mask_n, d, bh, Lk, 8, HEAD_DIM)
-        gl.store(OUT + (bh * Lk + offs_n)[:, None] * HEAD_DIM + d[None, :], grad.to(OUT.dtype.element_ty),
+        gl.store(OUT + (bh * Lk + offs_n)[:, None] * HEAD_DIM + out_cols[None, :], grad.to(OUT.dtype.element_ty),
                  mask=mask_n[:, None])
 
     @gluon.jit
@@ -130,7 +164,7 @@ if HAVE_GLUON:
                        DK2, DV2, DK4, DV4, DK8, DV8, IDXT, CNTT, ORDERT,
                        bh, pid, sm_scale, qk_scale, Lq, Lk, n_qb, n_kb, n_items,
                        C: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                       STAGES: gl.constexpr, REORDER: gl.constexpr):
+                       STAGES: gl.constexpr, REORDER: gl.constexpr, PERMUTED: gl.constexpr):
         SPLIT: gl.constexpr = BLOCK_N // 64
         NSUB: gl.constexpr = BLOCK_M // 64
         s_layout: gl.constexpr = wgmma_layout(64)
@@ -172,13 +206,14 @@ if HAVE_GLUON:
                 mbarrier.arrive(empty.index(slot), count=1)
             offs_n = j * BLOCK_N + sub * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))
             d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc_layout))
-            _finish(dk * sm_scale, DK2, DK4, DK8, DK, offs_n, d, bh, Lk, HEAD_DIM)
-            _finish(dv, DV2, DV4, DV8, DV, offs_n, d, bh, Lk, HEAD_DIM)
+            _finish(dk * sm_scale, DK2, DK4, DK8, DK, offs_n, d, bh, Lk, HEAD_DIM, PERMUTED)
+            _finish(dv, DV2, DV4, DV8, DV, offs_n, d, bh, Lk, HEAD_DIM, PERMUTED)
 
     @gluon.jit
     def _dkdv_kernel(q_desc, do_desc, k_desc, v_desc, LSE, DELTA, DK, DV, DK2, DV2, DK4, DV4, DK8, DV8,
                      IDXT, CNTT, ORDERT, sm_scale, qk_scale, Lq, Lk, n_qb, n_kb, n_items,
-                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, REORDER: gl.constexpr):
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, REORDER: gl.constexpr,
+                     PERMUTED: gl.constexpr = False):
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
         dtype: gl.constexpr = q_desc.dtype
         FIRST: gl.constexpr = 0
@@ -198,10 +233,12 @@ if HAVE_GLUON:
                              STAGES, REORDER)),
              (_dkdv_consumer, (q_bufs, do_bufs, k_smem, v_smem, kv_ready, ready, empty, LSE, DELTA, DK, DV,
                                DK2, DV2, DK4, DV4, DK8, DV8, IDXT, CNTT, ORDERT, bh, pid, sm_scale, qk_scale,
-                               Lq, Lk, n_qb, n_kb, n_items, FIRST, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, REORDER)),
+                               Lq, Lk, n_qb, n_kb, n_items, FIRST, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, REORDER,
+                               PERMUTED)),
              (_dkdv_consumer, (q_bufs, do_bufs, k_smem, v_smem, kv_ready, ready, empty, LSE, DELTA, DK, DV,
                                DK2, DV2, DK4, DV4, DK8, DV8, IDXT, CNTT, ORDERT, bh, pid, sm_scale, qk_scale,
-                               Lq, Lk, n_qb, n_kb, n_items, SECOND, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, REORDER))],
+                               Lq, Lk, n_qb, n_kb, n_items, SECOND, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, REORDER,
+                               PERMUTED))],
             [4, 4], [240, 240])
 
 
@@ -295,8 +332,9 @@ if HAVE_GLUON:
             [4, 4], [232, 232])
 
 
-def launch_dkdv_gluon(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, sm_scale):
-    """dK, dV of the level-1 pairs plus the folded pooled gradients; arguments as `launch_dkdv`."""
+def launch_dkdv_gluon(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, sm_scale, permuted=False):
+    """dK, dV of the level-1 pairs plus the folded pooled gradients; arguments as `launch_dkdv`
+    (permuted: the pooled gradients in gluon_pooled_dq's column order)."""
     batch, heads, length_q, _ = q.shape
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
     dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
@@ -307,7 +345,8 @@ def launch_dkdv_gluon(q, k, v, do, lse, delta, pooled_grads, plan, block_m, bloc
         descriptor(q, SUB), descriptor(do, SUB), descriptor(k, SUB), descriptor(v, SUB), lse, delta, dk, dv,
         dk2, dv2, dk4, dv4, dk8, dv8, plan.idx_t, plan.cnt_t, order,
         sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb, n_items,
-        BLOCK_M=block_m, BLOCK_N=block_n, STAGES=STAGES, REORDER=plan.order_t is not None, num_warps=4,
+        BLOCK_M=block_m, BLOCK_N=block_n, STAGES=STAGES, REORDER=plan.order_t is not None, PERMUTED=permuted,
+        num_warps=4,
     )
     return dk, dv
 

@@ -9,8 +9,10 @@ still limits it is not known):
 
   * one producer warp streams the sampled key tiles into a ring of shared-memory buffers by TMA
     (mbarriers say when a buffer is full and when both consumers are done with it);
-  * two consumer warpgroups own 64 sampled query rows each; while one computes its exponentials
-    the other's product runs on the tensor cores.
+  * two or four consumer warpgroups own 64 sampled query rows each; while one computes its
+    exponentials another's product runs on the tensor cores. Four (the CUDA default, with 128-key
+    steps) halve the key traffic per product: pass 1 + pooling 0.637 -> 0.586-0.591 ms at the Wan
+    shape, block_n 64 (0.759-0.765 -> 0.697-0.705 at 32; H200, NOTES.md eighth session).
 
 Output contract as `triton_block_scores.block_sums`: per (row, key block) sums of 2^(x - m_t)
 against the tile's row max m_t (scratch dtype), the maxes [rows, tiles], and each row's base-2
@@ -125,17 +127,15 @@ if HAVE_GLUON:
     def _block_sums_kernel(q_desc, k_desc, K_VALID, SCRATCH, MAXES, LSE,
                            num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
                            K_SLOTS: gl.constexpr, OUT_COLS: gl.constexpr, STAGES: gl.constexpr,
-                           NUM_WARPS: gl.constexpr):
-        ROWS: gl.constexpr = q_desc.block_type.shape[0] // 2  # two consumers
+                           NUM_WARPS: gl.constexpr, CONSUMERS: gl.constexpr = 2, CONSUMER_REGS: gl.constexpr = 232):
+        ROWS: gl.constexpr = q_desc.block_type.shape[0] // CONSUMERS
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
         TILE_K: gl.constexpr = k_desc.block_type.shape[0]
         BLOCKS_PER_TILE: gl.constexpr = TILE_K // K_SLOTS
         dtype: gl.constexpr = q_desc.dtype
-        FIRST: gl.constexpr = 0
-        SECOND: gl.constexpr = 1
         tile = gl.program_id(0)
         bh = gl.program_id(1).to(gl.int64)
-        first_row = tile * (2 * ROWS)
+        first_row = tile * (CONSUMERS * ROWS)
 
         q_smem = gl.allocate_shared_memory(dtype, q_desc.block_type.shape, q_desc.layout)
         k_bufs = gl.allocate_shared_memory(dtype, [STAGES, TILE_K, HEAD_DIM], k_desc.layout)
@@ -149,20 +149,39 @@ if HAVE_GLUON:
                                              indicator)
         q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(q_ready, count=1)
-        k_ready, k_empty = ring_barriers(STAGES, 2)  # one arrive per consumer
+        k_ready, k_empty = ring_barriers(STAGES, CONSUMERS)  # one arrive per consumer
         fence_async_shared()
 
-        gl.warp_specialize(
-            [(_load_tiles, (q_desc, k_desc, q_smem, k_bufs, q_ready, k_ready, k_empty,
-                            (bh * num_q_rows + first_row).to(gl.int32), (bh * num_k_rows).to(gl.int32),
-                            num_tiles, STAGES)),
-             (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
-                            bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
-                            FIRST, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES)),
-             (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
-                            bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
-                            SECOND, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES))],
-            [4, 4], [232, 232])
+        q_row = (bh * num_q_rows + first_row).to(gl.int32)
+        k_row = (bh * num_k_rows).to(gl.int32)
+        if CONSUMERS == 2:
+            gl.warp_specialize(
+                [(_load_tiles, (q_desc, k_desc, q_smem, k_bufs, q_ready, k_ready, k_empty, q_row, k_row, num_tiles,
+                                STAGES)),
+                 (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                                bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                                0, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES)),
+                 (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                                bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                                1, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES))],
+                [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
+        else:  # four consumers share every key tile: half the key traffic per product
+            gl.warp_specialize(
+                [(_load_tiles, (q_desc, k_desc, q_smem, k_bufs, q_ready, k_ready, k_empty, q_row, k_row, num_tiles,
+                                STAGES)),
+                 (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                                bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                                0, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES)),
+                 (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                                bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                                1, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES)),
+                 (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                                bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                                2, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES)),
+                 (_score_rows, (q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
+                                bh, first_row, num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
+                                3, ROWS, TILE_K, BLOCKS_PER_TILE, OUT_COLS, STAGES))],
+                [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
 
 
 def step_keys(k_slots: int) -> int:
@@ -174,14 +193,15 @@ def step_keys(k_slots: int) -> int:
     return max(k_slots, 256 if k_slots >= 16 else 128)
 
 
-def ring_stages(tile: int, dim: int, out_cols: int) -> int:
+def ring_stages(tile: int, dim: int, out_cols: int, consumers: int = 2) -> int:
     """Key tiles in flight: three where shared memory holds them next to the query tile, else two."""
-    fixed = (2 * ROWS * dim + tile * out_cols) * 2
+    fixed = (consumers * ROWS * dim + tile * out_cols) * 2
     return 3 if fixed + 3 * tile * dim * 2 <= SHARED_BYTES else 2
 
 
 def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, k_slots: int, scale_log2: float,
-                     clean_blocks: int, scratch_dtype: torch.dtype):
+                     clean_blocks: int, scratch_dtype: torch.dtype, consumers: int = 2, tile: int | None = None,
+                     consumer_regs: int = 232):
     """Pass 1 on gathered operands qs [B, H, Sq, D], ks [B, H, Sk, D] (bf16/fp16, contiguous).
 
     Returns (sums [B, H, Sq, nK] in scratch_dtype, maxes [B, H, Sq, tiles] fp32, lse [B, H, Sq]
@@ -191,18 +211,18 @@ def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, 
     batch, heads, num_q_rows, dim = qs.shape
     num_k_rows = ks.shape[2]
     num_k_blocks = num_k_rows // k_slots
-    tile = step_keys(k_slots)
+    tile = max(tile, k_slots) if tile else step_keys(k_slots)  # a step holds whole key blocks
     blocks_per_tile = tile // k_slots
     num_tiles = triton.cdiv(num_k_blocks, blocks_per_tile)
     out_cols = max(16, blocks_per_tile)
-    q_desc, k_desc = descriptor(qs, 2 * ROWS), descriptor(ks, tile)
+    q_desc, k_desc = descriptor(qs, consumers * ROWS), descriptor(ks, tile)
     sums = torch.empty(batch, heads, num_q_rows, num_k_blocks, dtype=scratch_dtype, device=qs.device)
     maxes = torch.empty(batch, heads, num_q_rows, num_tiles, dtype=torch.float32, device=qs.device)
     lse = torch.empty(batch, heads, num_q_rows, dtype=torch.float32, device=qs.device)
-    grid = (triton.cdiv(num_q_rows, 2 * ROWS), batch * heads)
+    grid = (triton.cdiv(num_q_rows, consumers * ROWS), batch * heads)
     _block_sums_kernel[grid](q_desc, k_desc, k_valid, sums, maxes, lse,
                              num_q_rows, num_k_rows, num_k_blocks, num_tiles,
                              min(clean_blocks, num_k_blocks) // blocks_per_tile, scale_log2,
-                             K_SLOTS=k_slots, OUT_COLS=out_cols, STAGES=ring_stages(tile, dim, out_cols),
-                             NUM_WARPS=4, num_warps=4)
+                             K_SLOTS=k_slots, OUT_COLS=out_cols, STAGES=ring_stages(tile, dim, out_cols, consumers),
+                             NUM_WARPS=4, CONSUMERS=consumers, CONSUMER_REGS=consumer_regs, num_warps=4)
     return sums, maxes, lse, blocks_per_tile

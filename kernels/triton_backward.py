@@ -15,8 +15,9 @@ must load the query block's Q and dO (4·block_m·D bytes) for each (query block
 pair while doing 1/s of the arithmetic; at block_m = 128, block_n = 64 that is 512·D bytes per
 pair against 96·D bytes (read K̄, V̄ tile, add dK̄, dV̄ in fp32) for a level-8 pair here, and the
 atomics ride along a pass that runs anyway for dQ. Measured on an H200 at the Wan shape and
-density 0.15 (benchmarks/NOTES.md): the atomics add 1.9 ms to a 3.8 ms dQ pass; the
-key-stationary alternative's ~25 GB of Q/dO re-reads were estimated at 4-5 ms. The cost:
+density 0.15 (benchmarks/NOTES.md): the atomics add 1.9 ms to a 3.8 ms dQ pass (1.1 ms to
+4.0 ms since gluon_pooled_dq issues them); the key-stationary alternative's ~25 GB of Q/dO
+re-reads were estimated at 4-5 ms. The cost:
 pooled-level contributions to dK/dV are summed in a run-dependent order (fp32, differences at
 rounding level); dQ and the level-1 parts of dK/dV are deterministic. Nothing re-expands pooled K/V to full length.
 """
@@ -204,11 +205,22 @@ def _bwd_dq_kernel(
 
 
 @triton.jit
-def _fold_level(dk, dv, DKB, DVB, offs_n, mask_n, bh, Lk, d, S: tl.constexpr, HEAD_DIM: tl.constexpr):
+def pooled_column(d, PERMUTED: tl.constexpr):
+    """Column of the pooled-gradient buffers that holds column d: with PERMUTED, the order the
+    Gluon pooled-level dQ kernel writes (four consecutive fp32 per thread's 16-byte atomic,
+    `gluon_pooled_dq._add_to_level`), a fixed permutation within each 16 columns."""
+    if PERMUTED:
+        return 16 * (d // 16) + 4 * ((d % 8) // 2) + 2 * ((d // 8) % 2) + d % 2
+    return d
+
+
+@triton.jit
+def _fold_level(dk, dv, DKB, DVB, offs_n, mask_n, bh, Lk, d, S: tl.constexpr, HEAD_DIM: tl.constexpr,
+                PERMUTED: tl.constexpr):
     Ls = (Lk + S - 1) // S
     r = offs_n // S
     inv_n = 1.0 / tl.maximum(tl.minimum(Lk - r * S, S), 1).to(tl.float32)
-    p_off = bh * Ls * HEAD_DIM + r[:, None] * HEAD_DIM + d[None, :]
+    p_off = bh * Ls * HEAD_DIM + r[:, None] * HEAD_DIM + pooled_column(d, PERMUTED)[None, :]
     dk += tl.load(DKB + p_off, mask=mask_n[:, None], other=0.0) * inv_n[:, None]
     dv += tl.load(DVB + p_off, mask=mask_n[:, None], other=0.0) * inv_n[:, None]
     return dk, dv
@@ -222,6 +234,7 @@ def _bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     KSUB: tl.constexpr, MSUB: tl.constexpr,
     STAGES: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, REORDER: tl.constexpr,
+    PERMUTED: tl.constexpr,
 ):
     SPLIT = BLOCK_N // KSUB
     NSUB = BLOCK_M // MSUB
@@ -265,9 +278,9 @@ def _bwd_dkdv_kernel(
         dk += _dot(ds_t.to(q.dtype), q, DOT_PREC)
     dk = dk * sm_scale
     # fold the pooled-level gradients back onto member tokens: d(mean)/d(member) = 1/n
-    dk, dv = _fold_level(dk, dv, DK2, DV2, offs_n, mask_n, bh, Lk, d, 2, HEAD_DIM)
-    dk, dv = _fold_level(dk, dv, DK4, DV4, offs_n, mask_n, bh, Lk, d, 4, HEAD_DIM)
-    dk, dv = _fold_level(dk, dv, DK8, DV8, offs_n, mask_n, bh, Lk, d, 8, HEAD_DIM)
+    dk, dv = _fold_level(dk, dv, DK2, DV2, offs_n, mask_n, bh, Lk, d, 2, HEAD_DIM, PERMUTED)
+    dk, dv = _fold_level(dk, dv, DK4, DV4, offs_n, mask_n, bh, Lk, d, 4, HEAD_DIM, PERMUTED)
+    dk, dv = _fold_level(dk, dv, DK8, DV8, offs_n, mask_n, bh, Lk, d, 8, HEAD_DIM, PERMUTED)
     tl.store(DK + kv_off, dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
 
@@ -294,17 +307,34 @@ def launch_delta(out, do):
     return delta
 
 
+def pooled_by_gluon(q, block_m, block_n, cfg) -> bool:
+    """Whether `launch_dq` runs the pooled levels by gluon_pooled_dq, which leaves the pooled
+    gradients in its permuted column order (`pooled_column`)."""
+    if not (cfg.dq_gluon and cfg.dq_pooled_gluon):
+        return False
+    from . import gluon_backward
+
+    return gluon_backward.supported_dq(q, block_m, block_n)
+
+
 def launch_dq(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
     """dQ (q's dtype); accumulates the pooled levels' dK̄/dV̄ into pooled_grads on the way.
 
-    With cfg.dq_gluon on a Hopper GPU the level-1 pairs go to the Gluon kernel, which adds this
-    pass's pooled-level result (fp32) to its own."""
+    With cfg.dq_gluon on a Hopper GPU the level-1 pairs go to the Gluon kernel, which adds the
+    pooled levels' result (fp32; this module's kernel, or gluon_pooled_dq's with
+    cfg.dq_pooled_gluon) to its own."""
     if cfg.dq_gluon:
-        from . import gluon_backward
+        from . import gluon_backward, gluon_pooled_dq
 
         if gluon_backward.supported_dq(q, block_m, block_n):
-            partial = launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n,
-                                       sm_scale, cfg, level1=False)
+            if pooled_by_gluon(q, block_m, block_n, cfg):
+                partial = gluon_pooled_dq.launch_pooled_dq_gluon(
+                    q, k, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale,
+                    stages=cfg.dq_pooled_gluon_stages, regs=cfg.dq_pooled_gluon_regs, atomics=cfg.dq_pooled_atomics,
+                    pipelined=cfg.dq_pooled_gluon_pipelined)
+            else:
+                partial = launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n,
+                                           sm_scale, cfg, level1=False)
             return gluon_backward.launch_dq1_gluon(q, k, v, do, lse, delta, plan, block_m, block_n, sm_scale, partial)
     return launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block_m, block_n, sm_scale, cfg)
 
@@ -334,13 +364,17 @@ def launch_dq_triton(q, k, v, do, lse, delta, pyramid, pooled_grads, plan, block
     return dq
 
 
-def launch_dkdv(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, sm_scale, cfg):
+def launch_dkdv(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, sm_scale, cfg, permuted=None):
+    """dK, dV: the level-1 pairs, then the pooled gradients folded onto member keys, read in the
+    column order `launch_dq` left them in (`pooled_by_gluon`; `permuted` overrides it)."""
+    if permuted is None:
+        permuted = pooled_by_gluon(q, block_m, block_n, cfg)
     if cfg.dkdv_gluon:
         from . import gluon_backward
 
         if gluon_backward.supported(q, block_m, block_n):
             return gluon_backward.launch_dkdv_gluon(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n,
-                                                    sm_scale)
+                                                    sm_scale, permuted)
     batch, heads, length_q, dim = q.shape
     n_qb, n_kb = plan.cnt.shape[1], plan.idx.shape[2]
     dk2, dv2, dk4, dv4, dk8, dv8 = pooled_grads
@@ -355,7 +389,7 @@ def launch_dkdv(q, k, v, do, lse, delta, pooled_grads, plan, block_m, block_n, s
         sm_scale, sm_scale * LOG2E, length_q, k.shape[2], n_qb, n_kb,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim, KSUB=ksub, MSUB=msub,
         STAGES=cfg.dkdv_stages, DOT_PREC=dot_precision(q), USE_TMA=qd is not None,
-        REORDER=plan.order_t is not None, num_warps=cfg.dkdv_warps,
+        REORDER=plan.order_t is not None, PERMUTED=permuted, num_warps=cfg.dkdv_warps,
     )
     return dk, dv
 

@@ -42,11 +42,12 @@ PASS1 = ("triton", "gluon", "auto")
 SCRATCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Defaults of block_scores_triton (kernel_bench.py --scoring-only times the alternatives).
 DEFAULTS = {"loads": "contiguous", "block_q": 128, "tile_slots": 128, "num_warps": 8, "num_stages": 2,
-            "chunk": 64, "scratch": "fp32", "max_registers": "auto", "pass1": "triton"}
+            "chunk": 64, "scratch": "fp32", "max_registers": "auto", "pass1": "triton", "gluon_consumers": 2,
+            "gluon_tile": 0}
 # On CUDA: the fastest measured on an H200 at the Wan shape (BENCHMARKS.md, 2026-11-28 20:05 UTC:
 # 0.73 ms at block_n 64, 0.80 ms at 32, against 0.80 / 0.92 ms with DEFAULTS' loads and scratch;
-# 2026-11-29: the Gluon pass 1 where it runs, see gluon_block_scores).
-CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16", "pass1": "auto"}
+# 2026-11-29: the Gluon pass 1 where it runs, four consumers and 128-key steps, see gluon_block_scores).
+CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16", "pass1": "auto", "gluon_consumers": 4, "gluon_tile": 128}
 
 
 @triton.jit
@@ -290,7 +291,8 @@ def full_key_blocks(k_valid: torch.Tensor, slots: int) -> int:
 
 
 def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots, k_full_blocks,
-            loads, block_q, tile_slots, num_warps, num_stages, chunk, scratch, max_registers, pass1):
+            loads, block_q, tile_slots, num_warps, num_stages, chunk, scratch, max_registers, pass1,
+            gluon_consumers, gluon_tile):
     """Shared launcher: returns the pooled scores, or for reduce "none" (scratch, maxes, row lse)."""
     if loads not in LOADS:
         raise ValueError(f"loads must be one of {LOADS}, got {loads!r}")
@@ -298,7 +300,7 @@ def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize,
         raise ValueError(f"scratch must be one of {tuple(SCRATCH_DTYPES)}, got {scratch!r}")
     if _resolve_pass1(pass1, q, k_slots) == "gluon":
         return _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
-                             k_full_blocks, block_q, chunk, scratch)
+                             k_full_blocks, block_q, chunk, scratch, gluon_consumers, gluon_tile)
     batch, heads, _, dim = q.shape
     num_q_rows, num_k_rows = q_rows.numel(), k_rows.numel()
     num_k_blocks = num_k_rows // k_slots
@@ -351,13 +353,14 @@ def _resolve_pass1(pass1: str, q: torch.Tensor, k_slots: int) -> str:
 
 
 def _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
-                  k_full_blocks, block_q, chunk, scratch):
+                  k_full_blocks, block_q, chunk, scratch, consumers, tile):
     """Pass 1 by the Gluon kernel, then the pooling passes as their own Triton launch."""
     from .gluon_block_scores import block_sums_gluon
 
     qs, ks = _operands(q, q_rows), _operands(k, k_rows)
     sums, maxes, lse, blocks_per_tile = block_sums_gluon(qs, ks, k_valid, k_slots, float(sm_scale) * LOG2_E,
-                                                         k_full_blocks, SCRATCH_DTYPES[scratch])
+                                                         k_full_blocks, SCRATCH_DTYPES[scratch], consumers,
+                                                         tile or None, 232 if consumers == 2 else 112)
     if reduce == "none":
         return sums, maxes, lse
     return pool_scores(sums, maxes, lse, q_valid, q_slots, blocks_per_tile, reduce, normalize, block_q, chunk)
@@ -408,7 +411,9 @@ def block_scores_triton(
     programs share an SM and one's exponentials overlap the other's tensor-core products; None:
     the compiler's choice), pass1 ("triton": this kernel; "gluon": pass 1 by the warp-specialised
     Gluon kernel of gluon_block_scores, Hopper only, then a pooling launch (block_q, chunk and
-    scratch apply to it, the other options to the Triton kernel only); "auto": Gluon where it runs).
+    scratch apply to it, the other options to the Triton kernel only); "auto": Gluon where it runs),
+    gluon_consumers (2, or 4: 256 sampled query rows share each key tile) and gluon_tile (sampled
+    keys per Gluon step, 0: its default) for the Gluon pass 1.
     """
     if reduction not in ("max", "mean"):
         raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")

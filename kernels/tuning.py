@@ -51,6 +51,14 @@ class KernelConfig:
     # the dQ pass's level-1 pairs by the Gluon kernel (gluon_backward, block_m 128), its pooled
     # levels by the Triton kernel into an fp32 partial the Gluon kernel adds in
     dq_gluon: bool = False
+    # with dq_gluon: the pooled levels too by a Gluon kernel (gluon_pooled_dq) whose own warpgroup
+    # computes their dK̄/dV̄ and atomics; key tiles in flight, registers of consumers / that warpgroup.
+    # 184/120 with the products one after the other: dQ pass 4.00-4.07 ms against 4.27-4.29 at
+    # 192/104 and 4.29-4.39 pipelined (H200, 2026-11-29 05:50-05:56 UTC, NOTES.md eighth session)
+    dq_pooled_gluon: bool = False
+    dq_pooled_gluon_stages: int = 2
+    dq_pooled_gluon_regs: tuple[int, int] = (184, 120)
+    dq_pooled_gluon_pipelined: bool = False  # True: the warpgroup's atomics under its next product
     # the forward by the warp-specialised Gluon kernel (gluon_forward; Hopper, 16-bit, D 64/128,
     # block_m 128, block_n a multiple of 64): key tiles of fwd_gluon_tile rows, that many in flight
     fwd_gluon: bool = False
@@ -99,9 +107,11 @@ MEASURED: dict[tuple[int, int, int, str], KernelConfig] = {
     # 3.18 -> 2.46 ms, dQ pass 5.03 -> 4.50 ms at density 0.15 (NOTES.md, fifth session)
     # the Gluon forward (2026-11-29 ~02:57 UTC, same command): forward kernel 2.14 -> 2.08 ms with four
     # key tiles in flight and the consumers' products in turns (2.10 without turns, 2.12-2.21 at three)
+    # the pooled levels' dQ and dK̄/dV̄ by the Gluon kernel with 16-byte atomics (2026-11-29 05:56 UTC,
+    # same command): dQ pass 4.45-4.49 -> 4.00-4.07 ms, forward+backward 9.40-9.61 -> 8.98-9.06 ms
     (128, 128, 64, "bfloat16"): _measured(((64, 64, 32, 64), 4, 2), (8, 3), (64, 64, 4, 2), fwd_pooled_tma=False,
                                           dkdv_gluon=True, dq_gluon=True, fwd_gluon=True, fwd_gluon_stages=4,
-                                          fwd_gluon_pingpong=True),
+                                          fwd_gluon_pingpong=True, dq_pooled_gluon=True),
     # block_n 32 (the Wan preset): the dQ pass gathers two 32-key level-1 entries per 64-row tile
     # instead of TMA tiles of one (dQ pass 6.54 -> 6.23 ms at density 0.15; NOTES.md, 20:58 UTC);
     # the forward pairs its 32-key level-1 tiles (2.92 -> 2.48 ms; 16.2 -> 14.6 ms at density 1)

@@ -56,7 +56,7 @@ kr = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(kr)
 launches = kr.record_gluon_launches(1, 2, 1000, 64, 128, 64)
 assert sorted(kr.kernel_name(k) for k, _, _ in launches) == ["_block_sums_kernel", "_dkdv_kernel", "_dq1_kernel",
-                                                              "_fwd_kernel"]
+                                                              "_fwd_kernel", "_pooled_dq_kernel"]
 for name in ("_dq1_kernel", "_fwd_kernel"):
     kernel, args, kwargs = next(x for x in launches if kr.kernel_name(x[0]) == name)
     compiled, consts = kr.compile_launch(kernel, args, kwargs)

@@ -257,6 +257,34 @@ def test_dq_pass_without_level_one_is_the_pooled_part():
     torch.testing.assert_close(pooled_part + level1_part, dq(plan), rtol=1e-4, atol=1e-5)
 
 
+def test_dkdv_fold_reads_the_permuted_pooled_order():
+    """With `permuted`, the fold reads the pooled gradients in the column order the Gluon
+    pooled-level dQ kernel writes them (`pooled_column`): same dK, dV as the natural order."""
+    from psa_train.kernels import tuning
+    from psa_train.kernels.triton_backward import launch_dkdv, pooled_grad_buffers
+
+    gen = torch.Generator().manual_seed(21)
+    block_m, block_n, dim = 64, 32, 64
+    q, k, v, do = (torch.randn(1, 2, n, dim, generator=gen) for n in (150, 200, 200, 150))
+    levels = random_levels(1, 2, 3, 7, gen)
+    cfg = tuning.get_config(dim, block_m, block_n, q.dtype)
+    plan = build_plan(levels, block_n, cfg.heavy_first)
+    lse, delta = (torch.randn(1, 2, 150, generator=gen) for _ in range(2))
+    natural = [torch.randn(b.shape, generator=gen) for b in pooled_grad_buffers(k)]
+    col = torch.arange(dim)
+    order = 16 * (col // 16) + 4 * ((col % 8) // 2) + 2 * ((col // 8) % 2) + col % 2
+    assert torch.equal(order.sort().values, col)  # a permutation, within each 16 columns
+    permuted = [torch.empty_like(b) for b in natural]
+    for p, n in zip(permuted, natural):
+        p[..., order] = n
+    want = launch_dkdv(q, k, v, do, lse, delta, natural, plan, block_m, block_n, 0.125, cfg, permuted=False)
+    got = launch_dkdv(q, k, v, do, lse, delta, permuted, plan, block_m, block_n, 0.125, cfg, permuted=True)
+    wrong = launch_dkdv(q, k, v, do, lse, delta, permuted, plan, block_m, block_n, 0.125, cfg, permuted=False)
+    for g, w, x in zip(got, want, wrong):
+        torch.testing.assert_close(g, w)
+        assert (x - w).abs().max() > 1e-3  # the test can tell the orders apart
+
+
 # ---------------------------------------------------------------------------------- GPU
 GPU_CASES = [
     (2, 4, 4000, 4100, 64, torch.bfloat16, 128, 32),
@@ -301,13 +329,15 @@ GLUON_DKDV_CASES = [
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and on_hopper(torch.device("cuda"))),
                     reason="the Gluon backward kernels need a Hopper GPU and a Triton with Gluon")
+@pytest.mark.parametrize("pooled", [False, True], ids=["pooled-triton", "pooled-gluon"])
 @pytest.mark.parametrize("case", GLUON_DKDV_CASES, ids=lambda c: f"L{c[2]}x{c[3]}-D{c[4]}-{c[6]}x{c[7]}")
-def test_gluon_backward_matches_reference_and_triton(case, monkeypatch):
+def test_gluon_backward_matches_reference_and_triton(case, pooled, monkeypatch):
+    """The Gluon backward kernels, the dQ pass's pooled levels by the Triton or the Gluon kernel."""
     from psa_train.kernels import gluon_backward, tuning
 
     batch, heads, lq, lk, dim, dtype, bm, bn = case
     assert gluon_backward.supported(torch.empty(1, 1, 1, dim, dtype=dtype, device="cuda"), bm, bn)
-    monkeypatch.setattr(tuning, "CHANGES", {"dkdv_gluon": True, "dq_gluon": True})
+    monkeypatch.setattr(tuning, "CHANGES", {"dkdv_gluon": True, "dq_gluon": True, "dq_pooled_gluon": pooled})
     got, want, _ = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=11, device="cuda")
     monkeypatch.setattr(tuning, "CHANGES", {"dkdv_gluon": False, "dq_gluon": False})
     triton_got, _, _ = run_case(batch, heads, lq, lk, dim, dtype, bm, bn, seed=11, device="cuda")
