@@ -14,8 +14,9 @@ address 0, i.e. 16-byte aligned like real CUDA allocations.
 
     python benchmarks/kernel_resources.py [--block-n 64] [--dim 128] [--set KEY=VALUE ...] [--all] [--gluon]
 
-``--gluon`` adds the Hopper kernels written in Gluon (gluon_backward's dK/dV and level-1 dQ
-kernels, gluon_block_scores' pass 1), whose launches are recorded the same way.
+``--gluon`` adds the Hopper kernels written in Gluon (the forward, gluon_backward's dK/dV and
+level-1 dQ kernels, gluon_pooled_dq, and gluon_block_scores' pass 1 as the CUDA default launches
+it), whose launches are recorded the same way.
 ``--set`` overrides KernelConfig fields (values as Python literals: 8, True, "(64, 32, 32, 32)").
 Columns: ptxas' registers per thread, spill stores/loads and stack frame (bytes per thread), and
 triton's shared memory per program (dynamic, bytes). ``stages`` is the kernel's STAGES constexpr

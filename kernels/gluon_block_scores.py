@@ -200,14 +200,19 @@ def ring_stages(tile: int, dim: int, out_cols: int, consumers: int = 2) -> int:
 
 
 def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, k_slots: int, scale_log2: float,
-                     clean_blocks: int, scratch_dtype: torch.dtype, consumers: int = 2, tile: int | None = None,
-                     consumer_regs: int = 232):
+                     clean_blocks: int, scratch_dtype: torch.dtype, consumers: int = 4, tile: int | None = 128,
+                     consumer_regs: int | None = None):
     """Pass 1 on gathered operands qs [B, H, Sq, D], ks [B, H, Sk, D] (bf16/fp16, contiguous).
 
     Returns (sums [B, H, Sq, nK] in scratch_dtype, maxes [B, H, Sq, tiles] fp32, lse [B, H, Sq]
     fp32, blocks per tile) with the meaning of `triton_block_scores.block_sums`. clean_blocks:
-    leading key blocks whose tiles need no validity mask.
+    leading key blocks whose tiles need no validity mask. consumers 2 or 4 (warpgroups of 64
+    rows), tile the sampled keys per step (None: `step_keys`), consumer_regs per thread (None:
+    232 for two consumers, 112 for four).
     """
+    if consumers not in (2, 4):
+        raise ValueError(f"consumers must be 2 or 4, got {consumers}")
+    consumer_regs = consumer_regs or (232 if consumers == 2 else 112)
     batch, heads, num_q_rows, dim = qs.shape
     num_k_rows = ks.shape[2]
     num_k_blocks = num_k_rows // k_slots

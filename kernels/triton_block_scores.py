@@ -360,7 +360,7 @@ def _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, norm
     qs, ks = _operands(q, q_rows), _operands(k, k_rows)
     sums, maxes, lse, blocks_per_tile = block_sums_gluon(qs, ks, k_valid, k_slots, float(sm_scale) * LOG2_E,
                                                          k_full_blocks, SCRATCH_DTYPES[scratch], consumers,
-                                                         tile or None, 232 if consumers == 2 else 112)
+                                                         tile or None)
     if reduce == "none":
         return sums, maxes, lse
     return pool_scores(sums, maxes, lse, q_valid, q_slots, blocks_per_tile, reduce, normalize, block_q, chunk)
