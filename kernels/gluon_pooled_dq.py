@@ -137,12 +137,6 @@ if HAVE_GLUON:
         r, valid, _ = _tile_columns(level_list, cnt, t, lvl, Lk, rows, BLOCK_N, TILE)
         return lvl, r, valid
 
-    @gluon.constexpr_function
-    def atomics_layout(tile):
-        """Rows of four consecutive fp32 per thread, 16 threads per 64-column row: one 16-byte
-        atomic per four values and a quarter of the accumulator layout's addresses."""
-        return gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[2, 16], warps_per_cta=[4, 1], order=[1, 0])
-
     @gluon.jit
     def _add_to_level(grad, G2, G4, G8, lvl, r, valid, bh, Lk, d0, HEAD_DIM: gl.constexpr):
         """Atomically add columns d0.. of a pooled tile's gradient [TILE, 64] to the fp32 buffer of
@@ -177,9 +171,9 @@ if HAVE_GLUON:
                       PIPELINED: gl.constexpr):
         """Gradient warpgroup: per pooled tile dV̄ = Pᵀ dO and dK̄ = scale · dSᵀ Q over the block's
         128 query rows, in products of 64 columns (a whole [TILE, D] fp32 tile beside its atomics'
-        addresses does not fit this warpgroup's registers), each one's atomics issued while the
-        next product runs; the next tile's target rows load meanwhile. ATOMICS=False drops the
-        additions (timing only: the gradients are then wrong)."""
+        addresses does not fit this warpgroup's registers), each product's atomics issued after it
+        or, with PIPELINED, while the next product runs; the next tile's target rows load
+        meanwhile. ATOMICS=False drops the additions (timing only: the gradients are then wrong)."""
         HEAD_DIM: gl.constexpr = q_smem.shape[1]
         TILE: gl.constexpr = p_bufs.shape[2]
         HALVES: gl.constexpr = HEAD_DIM // 64
