@@ -15,8 +15,8 @@ address 0, i.e. 16-byte aligned like real CUDA allocations.
     python benchmarks/kernel_resources.py [--block-n 64] [--dim 128] [--set KEY=VALUE ...] [--all] [--gluon]
 
 ``--gluon`` adds the Hopper kernels written in Gluon (the forward, gluon_backward's dK/dV and
-level-1 dQ kernels, gluon_pooled_dq, and gluon_block_scores' pass 1 as the CUDA default launches
-it), whose launches are recorded the same way.
+level-1 dQ kernels, gluon_pooled_dq, and gluon_block_scores' pass 1 with block scoring's default
+options), whose launches are recorded the same way.
 ``--set`` overrides KernelConfig fields (values as Python literals: 8, True, "(64, 32, 32, 32)").
 Columns: ptxas' registers per thread, spill stores/loads and stack frame (bytes per thread), and
 triton's shared memory per program (dynamic, bytes). ``stages`` is the kernel's STAGES constexpr
@@ -45,6 +45,7 @@ from triton.runtime.jit import create_function_from_signature
 from psa_train.kernels import tuning
 from psa_train.kernels.triton_autograd import triton_pyramid_attention
 from psa_train.kernels.triton_backward import _bwd_dkdv_kernel, _bwd_dq_kernel
+from psa_train.kernels.triton_block_scores import DEFAULTS as SCORE_DEFAULTS
 from psa_train.kernels.triton_forward import _pyramid_fwd_kernel
 from psa_train.kernels.triton_launch import LazyKernel
 
@@ -114,7 +115,8 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
         gluon_forward.launch_fwd_gluon(q, k, v, pyramid, plan, block_m, block_n, dim ** -0.5,
                                        cfg.fwd_gluon_tile, cfg.fwd_gluon_stages, cfg.fwd_gluon_pingpong)
         gluon_block_scores.block_sums_gluon(t(batch, heads, sampled, dim), t(batch, heads, sampled, dim),
-                                            t(sampled, dt=torch.int8), slots, 0.1, n_kb, torch.float16)
+                                            t(sampled, dt=torch.int8), slots, 0.1, n_kb, torch.float16,
+                                            SCORE_DEFAULTS["gluon_consumers"], SCORE_DEFAULTS["gluon_tile"])
     return launches
 
 

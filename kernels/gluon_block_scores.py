@@ -10,7 +10,7 @@ still limits it is not known):
   * one producer warp streams the sampled key tiles into a ring of shared-memory buffers by TMA
     (mbarriers say when a buffer is full and when both consumers are done with it);
   * two or four consumer warpgroups own 64 sampled query rows each; while one computes its
-    exponentials another's product runs on the tensor cores. Four (the CUDA default, with 128-key
+    exponentials another's product runs on the tensor cores. Four (the default, with 128-key
     steps) halve the key traffic per product: pass 1 + pooling 0.637 -> 0.586-0.591 ms at the Wan
     shape, block_n 64 (0.759-0.765 -> 0.697-0.705 at 32; H200, NOTES.md eighth session).
 
@@ -200,7 +200,7 @@ def ring_stages(tile: int, dim: int, out_cols: int, consumers: int = 2) -> int:
 
 
 def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, k_slots: int, scale_log2: float,
-                     clean_blocks: int, scratch_dtype: torch.dtype, consumers: int = 4, tile: int | None = 128,
+                     clean_blocks: int, scratch_dtype: torch.dtype, consumers: int, tile: int | None,
                      consumer_regs: int | None = None):
     """Pass 1 on gathered operands qs [B, H, Sq, D], ks [B, H, Sk, D] (bf16/fp16, contiguous).
 

@@ -40,14 +40,16 @@ LOG2_E = 1.4426950408889634
 LOADS = ("contiguous", "tma")
 PASS1 = ("triton", "gluon", "auto")
 SCRATCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-# Defaults of block_scores_triton (kernel_bench.py --scoring-only times the alternatives).
+# Defaults of block_scores_triton (kernel_bench.py --scoring-only times the alternatives). The
+# Gluon pass 1 (CUDA only) takes four consumers and 128-key steps, the fastest on an H200
+# (2026-11-29, see gluon_block_scores).
 DEFAULTS = {"loads": "contiguous", "block_q": 128, "tile_slots": 128, "num_warps": 8, "num_stages": 2,
-            "chunk": 64, "scratch": "fp32", "max_registers": "auto", "pass1": "triton", "gluon_consumers": 2,
-            "gluon_tile": 0}
+            "chunk": 64, "scratch": "fp32", "max_registers": "auto", "pass1": "triton", "gluon_consumers": 4,
+            "gluon_tile": 128}
 # On CUDA: the fastest measured on an H200 at the Wan shape (BENCHMARKS.md, 2026-11-28 20:05 UTC:
 # 0.73 ms at block_n 64, 0.80 ms at 32, against 0.80 / 0.92 ms with DEFAULTS' loads and scratch;
-# 2026-11-29: the Gluon pass 1 where it runs, four consumers and 128-key steps, see gluon_block_scores).
-CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16", "pass1": "auto", "gluon_consumers": 4, "gluon_tile": 128}
+# 2026-11-29: the Gluon pass 1 where it runs).
+CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16", "pass1": "auto"}
 
 
 @triton.jit

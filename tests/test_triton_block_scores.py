@@ -211,7 +211,7 @@ def test_gluon_pass1_matches_triton_on_hopper(batch, length_q, length_k, block_n
     args = (q, k, 128, block_n, fraction, reduction)
     triton_scores = _fused(*args, pass1="triton", scratch="fp32")
     for options in ({"scratch": "fp32"}, {"scratch": "fp16"}, {"gluon_consumers": 4, "gluon_tile": 64},
-                    {"gluon_consumers": 4, "gluon_tile": 128}):
+                    {"gluon_consumers": 4, "gluon_tile": 128}, {"gluon_consumers": 2, "gluon_tile": 0}):
         got = _fused(*args, pass1="gluon", **options)
         relative = (got - triton_scores).norm() / triton_scores.norm()
         assert relative < 2e-3, (options, relative)
