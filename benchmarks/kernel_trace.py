@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 
 import torch
-from kernel_bench import BLOCK_M, BLOCK_N, MIXES, SHAPES, inputs, make_levels
+from kernel_bench import BLOCK_M, BLOCK_N, MIXES, SHAPES, fwd_bwd, inputs, make_levels
 from torch.profiler import ProfilerActivity, profile
 
 from psa_train.kernels import pyramid_attention
@@ -42,13 +42,17 @@ def main() -> None:
                          MIXES[args.density], "cuda", gen)
     scale = 1 / math.sqrt(dim)
 
+    def ours(q, k, v):
+        return pyramid_attention(q, k, v, levels, BLOCK_M, BLOCK_N, scale, backend="triton")
+
+    forward_and_backward = fwd_bwd(ours, q, k, v, do)
+
     def call():
         if args.forward_only:
             with torch.no_grad():
-                pyramid_attention(q, k, v, levels, BLOCK_M, BLOCK_N, scale, backend="triton")
+                ours(q, k, v)
         else:
-            q.grad = k.grad = v.grad = None  # as kernel_bench.fwd_bwd: no accumulation into .grad
-            pyramid_attention(q, k, v, levels, BLOCK_M, BLOCK_N, scale, backend="triton").backward(do)
+            forward_and_backward()
 
     for _ in range(5):  # compile and warm up
         call()
