@@ -45,15 +45,15 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:
-    from .demo import make_demo
-    from .latent_samples import collate_latents, encode_latent_sample
-    from .latent_shards import LatentShardDataModule
-    from .manifest import CacheMismatchError
-    from .precompute import PrecomputeSettings, precompute_latents
-    from .sharding import BadSample, LoaderState, ResumableLoader, ShardStream
-    from .skip_logger import SkippedSamplesLogger
-    from .skipped import SkipCounter
-    from .video_decode import VideoDecodeError, decode_video, resize_center_crop, sample_frame_indices
-    from .video_samples import collate_videos
-    from .video_shards import VideoShardDataModule
+if TYPE_CHECKING:  # what __getattr__ resolves, for type checkers (re-exports: F401 does not apply)
+    from .demo import make_demo  # noqa: F401
+    from .latent_samples import collate_latents, encode_latent_sample  # noqa: F401
+    from .latent_shards import LatentShardDataModule  # noqa: F401
+    from .manifest import CacheMismatchError  # noqa: F401
+    from .precompute import PrecomputeSettings, precompute_latents  # noqa: F401
+    from .sharding import BadSample, LoaderState, ResumableLoader, ShardStream  # noqa: F401
+    from .skip_logger import SkippedSamplesLogger  # noqa: F401
+    from .skipped import SkipCounter  # noqa: F401
+    from .video_decode import VideoDecodeError, decode_video, resize_center_crop, sample_frame_indices  # noqa: F401
+    from .video_samples import collate_videos  # noqa: F401
+    from .video_shards import VideoShardDataModule  # noqa: F401
