@@ -6,9 +6,11 @@ sum of kernel times against the wall time per call. The difference is time the G
 (gaps between launches, or the host falling behind; the profiler adds to both), which stage
 timings of kernels run alone cannot show.
 `--host` instead profiles the Python side (cProfile) of calls issued while the GPU is busy: the
-host time per call and the functions it goes to.
+host time per call and the functions it goes to. `--scoring` traces block scoring + level
+assignment at the default PSAConfig (kernel_bench's scoring row) instead of the attention.
 
     python benchmarks/kernel_trace.py [--shape wan|vit] [--density 0.15] [--calls 20] [--forward-only] [--host]
+                                      [--scoring]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from kernel_bench import BLOCK_M, BLOCK_N, MIXES, SHAPES, fwd_bwd, inputs, make_levels
 from torch.profiler import ProfilerActivity, profile
 
+from psa_train.attention import PSAConfig, assign_levels, block_scores
 from psa_train.kernels import pyramid_attention
 
 
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--forward-only", action="store_true")
     ap.add_argument("--host", action="store_true", help="profile the host side instead (cProfile)")
+    ap.add_argument("--scoring", action="store_true", help="block scoring + level assignment instead")
     args = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, length, dim = SHAPES[args.shape]
@@ -46,9 +50,14 @@ def main() -> None:
         return pyramid_attention(q, k, v, levels, BLOCK_M, BLOCK_N, scale, backend="triton")
 
     forward_and_backward = fwd_bwd(ours, q, k, v, do)
+    psa = PSAConfig()
 
     def call():
-        if args.forward_only:
+        if args.scoring:
+            scores = block_scores(q.detach(), k.detach(), psa.block_m, psa.block_n, psa.sample_fraction,
+                                  psa.score_reduction)
+            assign_levels(scores, psa)
+        elif args.forward_only:
             with torch.no_grad():
                 ours(q, k, v)
         else:
@@ -71,7 +80,7 @@ def main() -> None:
         if event.device_type == torch.autograd.DeviceType.CUDA:
             per_kernel[event.name] += event.device_time / 1e3 / args.calls
     busy = sum(per_kernel.values())
-    what = "forward" if args.forward_only else "forward+backward"
+    what = "scoring + assignment" if args.scoring else "forward" if args.forward_only else "forward+backward"
     print(f"{what}, {args.shape} shape {SHAPES[args.shape]}, density {args.density}, {args.calls} calls (ms per call)")
     for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
         print(f"{ms:8.3f}  {name[:110]}")
