@@ -304,7 +304,9 @@ def kernel_variants(device, gen, log, block_ns=(64, 32), names=None):
 
 
 def scoring_time(q, k):
-    """Block scoring + level assignment at the benchmark's default config and the Wan preset.
+    """Block scoring + level assignment at the benchmark's default config, the Wan preset and the
+    default with an eighth of the tokens sampled (what a smaller default share would cost:
+    benchmarks/probes/sample_share_accuracy.py has its effect on the level maps).
 
     block_scores is the whole default path (cached sample tables, gathers, one fused kernel).
     """
@@ -321,7 +323,9 @@ def scoring_time(q, k):
         return {"error": repr(exc)}
     qd, kd = q.detach(), k.detach()
     res = {}
-    for name, cfg in (("default", PSAConfig()), ("wan21_1_3b", PSAConfig.wan21_1_3b())):
+    configs = (("default", PSAConfig()), ("wan21_1_3b", PSAConfig.wan21_1_3b()),
+               ("default, an eighth sampled", PSAConfig(sample_fraction=0.125)))
+    for name, cfg in configs:
         args = (qd, kd, cfg.block_m, cfg.block_n, cfg.sample_fraction, cfg.score_reduction)
         part = {"block_scores": bench(functools.partial(block_scores, *args))}
         scores = block_scores(*args)
