@@ -55,10 +55,13 @@ def compare(levels: torch.Tensor, exact: torch.Tensor) -> str:
     return f"same level {agree:.3f}, level-1 recall {recall:.3f}"
 
 
+# the level assignments compared (the sample-share probe uses them too)
+CONFIGS = {"quota (PSAConfig.default_quota)": PSAConfig.default_quota(),
+           "threshold (PSAConfig.wan21_1_3b bands, 128x64 blocks)": PSAConfig.wan21_1_3b(block_n=64)}
+
+
 def main():
     gen = torch.Generator().manual_seed(0)
-    configs = {"quota (PSAConfig.default_quota)": PSAConfig.default_quota(),
-               "threshold (PSAConfig.wan21_1_3b bands, 128x64 blocks)": PSAConfig.wan21_1_3b(block_n=64)}
     for kind in ("gaussian", "structured"):
         q, k = inputs(kind, gen)
         exact = block_scores(q, k, 128, 64, 1.0, backend="torch")
@@ -69,7 +72,7 @@ def main():
               f"{((fp8 - sampled).norm() / sampled.norm()).item():.2e}, every token sampled "
               f"{((fp8_all - exact).norm() / exact.norm()).item():.2e}; a quarter vs every token (bf16) "
               f"{((sampled - exact).norm() / exact.norm()).item():.2e}")
-        for name, cfg in configs.items():
+        for name, cfg in CONFIGS.items():
             ref = assign_levels(exact, cfg, backend="torch")
             print(f"  {name}: bf16, a quarter sampled: {compare(assign_levels(sampled, cfg, backend='torch'), ref)}"
                   f" | fp8, a quarter sampled: {compare(assign_levels(fp8, cfg, backend='torch'), ref)}"

@@ -13,9 +13,8 @@ for a quota and a threshold configuration.
 from __future__ import annotations
 
 import torch
-from fp8_scoring_accuracy import compare, inputs
+from fp8_scoring_accuracy import CONFIGS, compare, inputs
 
-from psa_train.attention.config import PSAConfig
 from psa_train.attention.levels import assign_levels
 from psa_train.attention.scoring import block_scores
 
@@ -24,15 +23,13 @@ SHARES = (0.25, 0.125, 0.0625)
 
 def main():
     gen = torch.Generator().manual_seed(0)
-    configs = {"quota (PSAConfig.default_quota)": PSAConfig.default_quota(),
-               "threshold (PSAConfig.wan21_1_3b bands, 128x64 blocks)": PSAConfig.wan21_1_3b(block_n=64)}
     for kind in ("gaussian", "structured"):
         q, k = inputs(kind, gen)
         exact = block_scores(q, k, 128, 64, 1.0, backend="torch")
         sampled = {share: block_scores(q, k, 128, 64, share, backend="torch") for share in SHARES}
         print(kind + ": score rel. difference to every token sampled: " + ", ".join(
             f"{share:g} {((s - exact).norm() / exact.norm()).item():.2e}" for share, s in sampled.items()))
-        for name, cfg in configs.items():
+        for name, cfg in CONFIGS.items():
             ref = assign_levels(exact, cfg, backend="torch")
             print(f"  {name}: " + " | ".join(
                 f"{share:g}: {compare(assign_levels(s, cfg, backend='torch'), ref)}" for share, s in sampled.items()))
