@@ -2,7 +2,7 @@
 
 Why: block scoring's products and exponentials grow with the square of the sampled share; at the
 default quarter, scoring + assignment take ~29 % of the sparse forward on an H200 against the
-issue's 15 % (benchmarks/NOTES.md, ninth session), and a eighth would cut pass 1's work four-fold.
+issue's 15 % (benchmarks/NOTES.md, ninth session), and an eighth would cut pass 1's work four-fold.
 This compares the level maps of scores from a quarter, an eighth and a sixteenth of the tokens
 with those of exact scores (every token), on the fp8 probe's inputs (Gaussian and structured),
 for a quota and a threshold configuration.
