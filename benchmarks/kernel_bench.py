@@ -368,6 +368,7 @@ def scoring_kernel_sweep(q, k, log, only=None):
         "gluon pass 1, 2 consumers": {"pass1": "gluon", "gluon_consumers": 2, "gluon_tile": 0},
         "gluon pass 1, 4 consumers, 64-key steps": {"pass1": "gluon", "gluon_consumers": 4, "gluon_tile": 64},
         "gluon pass 1, 4 consumers, 128-key steps": {"pass1": "gluon", "gluon_consumers": 4, "gluon_tile": 128},
+        "gluon pass 1, rows read in place": {"pass1": "gluon", "row_strides": "tables"},
     }
     if only:
         variants = {name: opts for name, opts in variants.items() if name in only}
@@ -383,6 +384,8 @@ def scoring_kernel_sweep(q, k, log, only=None):
         for name, options in variants.items():
             label = f"scoring kernel block_n={block_n} {name}"
             try:
+                if options.get("row_strides") == "tables":  # the tables' strides (block_scores passes them)
+                    options = {**options, "row_strides": (qt.stride, kt.stride)}
                 run = functools.partial(block_scores_triton, qd, kd, *tables, **{**full, **options})
                 got = run()
                 reference = got if reference is None else reference

@@ -124,7 +124,7 @@ if HAVE_GLUON:
         gl.store(LSE + row_ids, row_max + gl.log2(row_sum), mask=row_ok)
 
     @gluon.jit
-    def _block_sums_kernel(q_desc, k_desc, K_VALID, SCRATCH, MAXES, LSE,
+    def _block_sums_kernel(q_desc, k_desc, K_VALID, SCRATCH, MAXES, LSE, q_head_rows, k_head_rows,
                            num_q_rows, num_k_rows, num_k_blocks, num_tiles, clean_tiles, scale,
                            K_SLOTS: gl.constexpr, OUT_COLS: gl.constexpr, STAGES: gl.constexpr,
                            NUM_WARPS: gl.constexpr, CONSUMERS: gl.constexpr = 2, CONSUMER_REGS: gl.constexpr = 232):
@@ -152,8 +152,8 @@ if HAVE_GLUON:
         k_ready, k_empty = ring_barriers(STAGES, CONSUMERS)  # one arrive per consumer
         fence_async_shared()
 
-        q_row = (bh * num_q_rows + first_row).to(gl.int32)
-        k_row = (bh * num_k_rows).to(gl.int32)
+        q_row = (bh * q_head_rows + first_row).to(gl.int32)  # a head's rows in memory (no more than
+        k_row = (bh * k_head_rows).to(gl.int32)  # its num_*_rows sampled slots when read in place)
         if CONSUMERS == 2:
             gl.warp_specialize(
                 [(_load_tiles, (q_desc, k_desc, q_smem, k_bufs, q_ready, k_ready, k_empty, q_row, k_row, num_tiles,
@@ -201,20 +201,25 @@ def ring_stages(tile: int, dim: int, out_cols: int, consumers: int = 2) -> int:
 
 def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, k_slots: int, scale_log2: float,
                      clean_blocks: int, scratch_dtype: torch.dtype, consumers: int, tile: int | None,
-                     consumer_regs: int | None = None):
+                     consumer_regs: int | None = None, num_q_rows: int | None = None,
+                     num_k_rows: int | None = None):
     """Pass 1 on gathered operands qs [B, H, Sq, D], ks [B, H, Sk, D] (bf16/fp16, contiguous).
 
     Returns (sums [B, H, Sq, nK] in scratch_dtype, maxes [B, H, Sq, tiles] fp32, lse [B, H, Sq]
     fp32, blocks per tile) with the meaning of `triton_block_scores.block_sums`. clean_blocks:
     leading key blocks whose tiles need no validity mask. consumers 2 or 4 (warpgroups of 64
     rows), tile the sampled keys per step (None: `step_keys`), consumer_regs per thread (None:
-    232 for two consumers, 112 for four).
+    232 for two consumers, 112 for four). qs, ks may also be strided views of the sampled rows in
+    place (`triton_block_scores._rows_in_place`), with fewer rows per head than the tables'
+    num_q_rows / num_k_rows padded slots (default: the operands' row counts).
     """
     if consumers not in (2, 4):
         raise ValueError(f"consumers must be 2 or 4, got {consumers}")
     consumer_regs = consumer_regs or (232 if consumers == 2 else 112)
-    batch, heads, num_q_rows, dim = qs.shape
-    num_k_rows = ks.shape[2]
+    batch, heads, q_head_rows, dim = qs.shape
+    k_head_rows = ks.shape[2]
+    num_q_rows = num_q_rows or q_head_rows
+    num_k_rows = num_k_rows or k_head_rows
     num_k_blocks = num_k_rows // k_slots
     tile = max(tile, k_slots) if tile else step_keys(k_slots)  # a step holds whole key blocks
     blocks_per_tile = tile // k_slots
@@ -225,7 +230,7 @@ def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, 
     maxes = torch.empty(batch, heads, num_q_rows, num_tiles, dtype=torch.float32, device=qs.device)
     lse = torch.empty(batch, heads, num_q_rows, dtype=torch.float32, device=qs.device)
     grid = (triton.cdiv(num_q_rows, consumers * ROWS), batch * heads)
-    _block_sums_kernel[grid](q_desc, k_desc, k_valid, sums, maxes, lse,
+    _block_sums_kernel[grid](q_desc, k_desc, k_valid, sums, maxes, lse, q_head_rows, k_head_rows,
                              num_q_rows, num_k_rows, num_k_blocks, num_tiles,
                              min(clean_blocks, num_k_blocks) // blocks_per_tile, scale_log2,
                              K_SLOTS=k_slots, OUT_COLS=out_cols, STAGES=ring_stages(tile, dim, out_cols, consumers),

@@ -294,7 +294,7 @@ def full_key_blocks(k_valid: torch.Tensor, slots: int) -> int:
 
 def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots, k_full_blocks,
             loads, block_q, tile_slots, num_warps, num_stages, chunk, scratch, max_registers, pass1,
-            gluon_consumers, gluon_tile):
+            gluon_consumers, gluon_tile, row_strides=None):
     """Shared launcher: returns the pooled scores, or for reduce "none" (scratch, maxes, row lse)."""
     if loads not in LOADS:
         raise ValueError(f"loads must be one of {LOADS}, got {loads!r}")
@@ -302,7 +302,7 @@ def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize,
         raise ValueError(f"scratch must be one of {tuple(SCRATCH_DTYPES)}, got {scratch!r}")
     if _resolve_pass1(pass1, q, k_slots) == "gluon":
         return _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
-                             k_full_blocks, block_q, chunk, scratch, gluon_consumers, gluon_tile)
+                             k_full_blocks, block_q, chunk, scratch, gluon_consumers, gluon_tile, row_strides)
     batch, heads, _, dim = q.shape
     num_q_rows, num_k_rows = q_rows.numel(), k_rows.numel()
     num_k_blocks = num_k_rows // k_slots
@@ -354,15 +354,33 @@ def _resolve_pass1(pass1: str, q: torch.Tensor, k_slots: int) -> str:
     return "gluon" if fits else "triton"
 
 
+def _rows_in_place(x: torch.Tensor, stride) -> torch.Tensor | None:
+    """The sampled rows of contiguous x [B, H, L, D] as a strided view [B, H, L / step, D] (no
+    copy) when the samples are evenly strided (stride = (first, step), first < step, L a multiple
+    of step), else None. Padded slots past the view's rows are read from the next head or, for
+    the last one, as zeros by TMA; they are masked like every padded slot."""
+    if stride is None or not x.is_contiguous():
+        return None
+    first, step = stride
+    batch, heads, length, dim = x.shape
+    if first >= step or length % step:
+        return None
+    return x.view(batch, heads, length // step, step * dim)[..., first * dim:(first + 1) * dim]
+
+
 def _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
-                  k_full_blocks, block_q, chunk, scratch, consumers, tile):
+                  k_full_blocks, block_q, chunk, scratch, consumers, tile, row_strides=None):
     """Pass 1 by the Gluon kernel, then the pooling passes as their own Triton launch."""
     from .gluon_block_scores import block_sums_gluon
 
-    qs, ks = _operands(q, q_rows), _operands(k, k_rows)
+    q_strided, k_strided = row_strides if row_strides is not None else (None, None)
+    qs, ks = _rows_in_place(q, q_strided), _rows_in_place(k, k_strided)
+    if qs is None or ks is None:
+        qs, ks = _operands(q, q_rows), _operands(k, k_rows)
     sums, maxes, lse, blocks_per_tile = block_sums_gluon(qs, ks, k_valid, k_slots, float(sm_scale) * LOG2_E,
                                                          k_full_blocks, SCRATCH_DTYPES[scratch], consumers,
-                                                         tile or None)
+                                                         tile or None, num_q_rows=q_rows.numel(),
+                                                         num_k_rows=k_rows.numel())
     if reduce == "none":
         return sums, maxes, lse
     return pool_scores(sums, maxes, lse, q_valid, q_slots, blocks_per_tile, reduce, normalize, block_q, chunk)
@@ -398,6 +416,7 @@ def block_scores_triton(
     reduction: str = "max",
     normalize: bool = True,
     k_full_blocks: int | None = None,
+    row_strides: tuple | None = None,
     **options,
 ) -> torch.Tensor:
     """[B, H, nQ, nK] float32 block scores, everything after the sample tables in one kernel.
@@ -415,7 +434,9 @@ def block_scores_triton(
     Gluon kernel of gluon_block_scores, Hopper only, then a pooling launch (block_q, chunk and
     scratch apply to it, the other options to the Triton kernel only); "auto": Gluon where it runs),
     gluon_consumers (2, or 4: 256 sampled query rows share each key tile) and gluon_tile (sampled
-    keys per Gluon step, 0: its default) for the Gluon pass 1.
+    keys per Gluon step, 0: its default) for the Gluon pass 1. row_strides: the tables' (first,
+    step) or None for q and for k (`scoring._SampleTables.stride`); where both are given the Gluon
+    pass 1 reads the sampled rows in place instead of gathering them.
     """
     if reduction not in ("max", "mean"):
         raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
@@ -426,7 +447,7 @@ def block_scores_triton(
     if k_full_blocks is None:
         k_full_blocks = full_key_blocks(k_valid, k_rows.shape[-1])
     return _launch(q, k, q_rows, _as_int8(q_valid), k_rows, _as_int8(k_valid), sm_scale, reduction, normalize,
-                   q_rows.shape[-1], k_rows.shape[-1], k_full_blocks, **cfg)
+                   q_rows.shape[-1], k_rows.shape[-1], k_full_blocks, row_strides=row_strides, **cfg)
 
 
 def block_sums(

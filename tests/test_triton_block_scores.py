@@ -209,15 +209,38 @@ def test_gluon_pass1_matches_triton_on_hopper(batch, length_q, length_k, block_n
     q = torch.randn(batch, 3, length_q, dim, device="cuda", generator=gen).to(dtype)
     k = (torch.randn(batch, 3, length_k, dim, device="cuda", generator=gen) + 0.5 * q.float().mean(2, True)).to(dtype)
     args = (q, k, 128, block_n, fraction, reduction)
+    qt = _sample_tables(length_q, 128, fraction, "cuda")
+    kt = _sample_tables(length_k, block_n, fraction, "cuda")
     triton_scores = _fused(*args, pass1="triton", scratch="fp32")
     for options in ({"scratch": "fp32"}, {"scratch": "fp16"}, {"gluon_consumers": 4, "gluon_tile": 64},
                     {"gluon_consumers": 4, "gluon_tile": 128}, {"gluon_consumers": 2, "gluon_tile": 0}):
         got = _fused(*args, pass1="gluon", **options)
         relative = (got - triton_scores).norm() / triton_scores.norm()
         assert relative < 2e-3, (options, relative)
-    qt = _sample_tables(length_q, 128, fraction, "cuda")
-    kt = _sample_tables(length_k, block_n, fraction, "cuda")
+    in_place = _fused(*args, pass1="gluon", row_strides=(qt.stride, kt.stride))  # rows read in place where strided
+    assert torch.equal(in_place, _fused(*args, pass1="gluon"))
     sums_args = (q, k, qt.rows.flatten(), kt.rows.flatten(), kt.valid.flatten(), kt.rows.shape[1], dim ** -0.5)
     _, _, lse_triton = block_sums(*sums_args)
     _, _, lse_gluon = block_sums(*sums_args, pass1="gluon")
     torch.testing.assert_close(lse_gluon, lse_triton, rtol=1e-4, atol=1e-3)
+
+
+def test_sample_tables_report_even_strides():
+    """The default quarter of 64- and 128-token blocks samples every fourth token from the third
+    (the Wan length included, whose last blocks are shorter); 0.3 of a block is uneven."""
+    from psa_train.kernels.triton_block_scores import _rows_in_place
+
+    for length, block in ((32760, 64), (32760, 128), (1000, 64)):
+        tables = _sample_tables(length, block, 0.25, "cpu")
+        assert tables.stride == (2, 4)
+        first, step = tables.stride
+        slot = torch.arange(tables.rows.numel())
+        assert torch.equal(tables.rows.reshape(-1)[tables.valid.reshape(-1)],
+                           (first + step * slot)[tables.valid.reshape(-1)])
+    assert _sample_tables(700, 64, 0.3, "cpu").stride is None
+    x = torch.randn(2, 3, 40, 8)
+    tables = _sample_tables(40, 8, 0.25, "cpu")
+    view = _rows_in_place(x, tables.stride)
+    assert view.data_ptr() == x[0, 0, 2].data_ptr()  # no copy
+    torch.testing.assert_close(view, x.index_select(2, tables.rows.reshape(-1)[tables.valid.reshape(-1)]))
+    assert _rows_in_place(x, None) is None and _rows_in_place(x.transpose(2, 3), tables.stride) is None

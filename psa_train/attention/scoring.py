@@ -54,14 +54,29 @@ class _SampleTables(NamedTuple):
     valid: torch.Tensor  # [blocks, slots] bool
     counts: torch.Tensor  # [blocks, 1] valid slots per block (float32), for the mean
     full_blocks: int  # leading blocks with every slot valid (the kernel skips their masking)
+    # (first, step) when every valid slot i (row-major over [blocks, slots]) samples token
+    # first + step * i: the kernels may then read the rows in place instead of gathering them
+    stride: tuple[int, int] | None = None
 
 
 @functools.lru_cache(maxsize=64)
 def _sample_tables(length: int, block: int, fraction: float, device: str) -> _SampleTables:
     rows, valid = _padded_samples_cpu(length, block, fraction)
     full_blocks = int(valid.all(-1).int().cumprod(0).sum())
+    stride = _even_stride(rows, valid)
     rows, valid = rows.to(device), valid.to(device)
-    return _SampleTables(rows, valid, valid.sum(-1, keepdim=True).float(), full_blocks)
+    return _SampleTables(rows, valid, valid.sum(-1, keepdim=True).float(), full_blocks, stride)
+
+
+def _even_stride(rows: torch.Tensor, valid: torch.Tensor) -> tuple[int, int] | None:
+    """(first, step) if valid slot i of the flattened table samples token first + step * i."""
+    flat = rows.reshape(-1)
+    if flat.numel() < 2:
+        return None
+    first, step = int(flat[0]), int(flat[1] - flat[0])
+    slot = torch.arange(flat.numel())
+    ok = step > 0 and bool((flat == first + step * slot)[valid.reshape(-1)].all())
+    return (first, step) if ok else None
 
 
 @functools.lru_cache(maxsize=64)
@@ -144,7 +159,7 @@ def block_scores(
         from psa_train.kernels.triton_block_scores import block_scores_triton
 
         return block_scores_triton(q, k, q_tab.rows, q_tab.valid, k_tab.rows, k_tab.valid, scale,
-                                   reduction, normalize, k_tab.full_blocks)
+                                   reduction, normalize, k_tab.full_blocks, row_strides=(q_tab.stride, k_tab.stride))
     slots = k_tab.rows.shape[1]
     lse = _block_lse_torch(q, k, q_tab.rows.flatten(), k_tab.rows.flatten(), k_tab.valid.flatten(), slots, scale,
                            chunk_elements)
