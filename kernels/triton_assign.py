@@ -42,6 +42,10 @@ SCORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_BLOCKS = 8192  # key blocks per row that still fit in registers (and in a key's low 16 bits)
 MIN_LANES = 16  # rows of 1-15 blocks still get a plain power-of-two tile
 LANES_PER_PROGRAM = 1024  # short rows share a program up to this many lanes
+# Rows of 512+ blocks take a program each, with a warp per 128 lanes: at the Wan shape on an H200
+# 0.044 ms against 0.069 (2 rows of 512 per program, 4 warps) and 0.148 against 0.193 ms (1024
+# blocks, 4 warps) for the same levels (BENCHMARKS.md, 2026-11-29 tenth session).
+LONG_ROW = 512
 
 
 @triton.jit
@@ -170,10 +174,11 @@ def _float_bits(value: float) -> int:
 
 def _launch_shape(nk: int, rows: int | None, num_warps: int | None) -> tuple[int, int, int]:
     npad = max(MIN_LANES, 1 << (nk - 1).bit_length())
-    rows = rows or max(1, LANES_PER_PROGRAM // npad)
+    long_rows = npad >= LONG_ROW
+    rows = rows or (1 if long_rows else max(1, LANES_PER_PROGRAM // npad))
     if rows & (rows - 1):
         raise ValueError(f"rows per program must be a power of two, got {rows}")
-    num_warps = num_warps or min(16, max(2, rows * npad // 256))
+    num_warps = num_warps or min(16, max(2, rows * npad // (128 if long_rows else 256)))
     return npad, rows, num_warps
 
 

@@ -1,7 +1,7 @@
 """Block scoring + assignment at the Wan shape (block_n 64), a quarter and an eighth sampled: the
 whole call eagerly (`do_bench`, host launch costs included) against CUDA-graph replay (GPU time
-alone), then its stages alone, and the pooling launch at other row / chunk sizes. Run from the
-repository root."""
+alone), then its stages alone, the pooling launch at other sizes, and the level assignment's
+launch shapes. Run from the repository root."""
 import functools
 
 import torch
@@ -12,7 +12,16 @@ from kernel_bench import bench, graph_time
 from psa_train.attention import PSAConfig, assign_levels, block_scores
 from psa_train.attention.scoring import _sample_tables
 from psa_train.kernels.gluon_block_scores import block_sums_gluon
-from psa_train.kernels.triton_block_scores import DEFAULTS, LOG2_E, SCRATCH_DTYPES, _rows_in_place, pool_scores
+from psa_train.attention.levels import BOUNDARY_ONE, quota_counts
+from psa_train.kernels.triton_assign import assign_levels_triton
+from psa_train.kernels.triton_block_scores import (
+    CUDA_DEFAULTS,
+    DEFAULTS,
+    LOG2_E,
+    SCRATCH_DTYPES,
+    _rows_in_place,
+    pool_scores,
+)
 
 
 
@@ -39,23 +48,35 @@ for fraction in (0.25, 0.125):
     qs, ks = _rows_in_place(q, qt.stride), _rows_in_place(k, kt.stride)
     slots = kt.rows.shape[1]
     pass1 = functools.partial(block_sums_gluon, qs, ks, kt.valid.view(torch.int8),
-                              slots, SCALE * LOG2_E, kt.full_blocks, SCRATCH_DTYPES[DEFAULTS["scratch"]],
+                              slots, SCALE * LOG2_E, kt.full_blocks, SCRATCH_DTYPES[CUDA_DEFAULTS["scratch"]],
                               DEFAULTS["gluon_consumers"], DEFAULTS["gluon_tile"] or None,
                               num_q_rows=qt.rows.numel(), num_k_rows=kt.rows.numel())
     sums, maxes, lse, per_tile = pass1()
     print(f"  pass 1 (rows in place) {bench(pass1):.3f} ms, graph {graph(pass1)} ms; "
           f"scratch {sums.numel() * sums.element_size() / 2**20:.0f} MiB", flush=True)
     reference = None
-    for normalize in (True, False):
-        for block_q in (64, 128, 256):
-            for chunk in (64, 128, 256):
-                pool = functools.partial(pool_scores, sums, maxes, lse, qt.valid, qt.rows.shape[1],
-                                         per_tile, cfg.score_reduction, normalize, block_q, chunk)
-                out = pool()
-                if normalize:
-                    reference = out if reference is None else reference
-                    diff = ((out - reference).abs().max()).item()
-                else:
-                    diff = float("nan")
-                print(f"  pool normalize={normalize} block_q {block_q} chunk {chunk}: {bench(pool):.4f} ms "
-                      f"(max diff to the first {diff:.1e})", flush=True)
+    for block_q, chunk, normalize in ((128, 64, True), (64, 64, True), (128, 128, True), (128, 64, False)):
+        pool = functools.partial(pool_scores, sums, maxes, lse, qt.valid, qt.rows.shape[1], per_tile,
+                                 cfg.score_reduction, normalize, block_q, chunk)
+        out = pool()
+        reference = out if reference is None else reference
+        diff = (out - reference).abs().max().item() if normalize else float("nan")
+        print(f"  pool rows {block_q}, key blocks {chunk}, normalize={normalize}: {bench(pool):.4f} ms "
+              f"(max diff to the first {diff:.1e})", flush=True)
+
+# The level assignment's launch shape: rows per program and warps (default: 1024 lanes, rows*nK/256 warps).
+for cfg in (PSAConfig(), PSAConfig.wan21_1_3b()):
+    scores = block_scores(q, k, cfg.block_m, cfg.block_n, cfg.sample_fraction, cfg.score_reduction)
+    if cfg.band_mode == "quota":
+        bands = {"counts": quota_counts(scores.shape[-1], cfg, None)}
+    else:
+        bands = {"bounds": [float("inf") if b >= BOUNDARY_ONE else b for b in cfg.boundaries(None).values()]}
+    default = assign_levels_triton(scores, **bands)
+    for rows, warps in ((None, None), (1, 2), (1, 4), (1, 8), (2, 2), (2, 8), (4, 4), (4, 8), (4, 16), (8, 16)):
+        try:
+            run = functools.partial(assign_levels_triton, scores, rows=rows, num_warps=warps, **bands)
+            same = bool((run() == default).all())
+            print(f"assign {cfg.band_mode} nK={scores.shape[-1]} rows {rows} warps {warps}: {bench(run):.4f} ms "
+                  f"(levels equal to the default launch: {same})", flush=True)
+        except Exception as exc:  # noqa: BLE001  (a launch shape that does not compile)
+            print(f"assign {cfg.band_mode} rows {rows} warps {warps}: FAILED {type(exc).__name__}", flush=True)
