@@ -23,9 +23,9 @@ CUDA only, compute capability 9.x; everything else takes the Triton kernel (whic
 from __future__ import annotations
 
 import torch
-import triton
 
 from .gluon_support import HAVE_GLUON
+from .triton_launch import cdiv
 
 if HAVE_GLUON:
     from .gluon_support import (
@@ -223,13 +223,13 @@ def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, 
     num_k_blocks = num_k_rows // k_slots
     tile = max(tile, k_slots) if tile else step_keys(k_slots)  # a step holds whole key blocks
     blocks_per_tile = tile // k_slots
-    num_tiles = triton.cdiv(num_k_blocks, blocks_per_tile)
+    num_tiles = cdiv(num_k_blocks, blocks_per_tile)
     out_cols = max(16, blocks_per_tile)
     q_desc, k_desc = descriptor(qs, consumers * ROWS), descriptor(ks, tile)
     sums = torch.empty(batch, heads, num_q_rows, num_k_blocks, dtype=scratch_dtype, device=qs.device)
     maxes = torch.empty(batch, heads, num_q_rows, num_tiles, dtype=torch.float32, device=qs.device)
     lse = torch.empty(batch, heads, num_q_rows, dtype=torch.float32, device=qs.device)
-    grid = (triton.cdiv(num_q_rows, consumers * ROWS), batch * heads)
+    grid = (cdiv(num_q_rows, consumers * ROWS), batch * heads)
     _block_sums_kernel[grid](q_desc, k_desc, k_valid, sums, maxes, lse, q_head_rows, k_head_rows,
                              num_q_rows, num_k_rows, num_k_blocks, num_tiles,
                              min(clean_blocks, num_k_blocks) // blocks_per_tile, scale_log2,

@@ -8,6 +8,8 @@ sm_90 with 3.8 (benchmarks/kernel_resources.py --gluon); anything else takes the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -81,9 +83,15 @@ def on_hopper(device: torch.device) -> bool:
 def descriptor(x: torch.Tensor, rows: int):
     """TMA descriptor of contiguous 16-bit x [..., L, D] as [prod(...) * L, D] with (rows, D) boxes."""
     dim = x.shape[-1]
-    el = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[x.dtype]
-    return TensorDescriptor.from_tensor(x.view(-1, dim), [rows, dim],
-                                        gl.NVMMASharedLayout.get_default_for([rows, dim], el))
+    return TensorDescriptor.from_tensor(x.view(-1, dim), [rows, dim], _shared_layout(rows, dim, x.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_layout(rows: int, dim: int, dtype: torch.dtype):
+    """The swizzled shared-memory layout of a (rows, dim) box, built once: building it costs more
+    host time than the descriptor itself, and a forward + backward makes ~25 descriptors."""
+    el = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dtype]
+    return gl.NVMMASharedLayout.get_default_for([rows, dim], el)
 
 
 __all__ = ["HAVE_GLUON", "TensorDescriptor", "barriers", "descriptor", "fence_async_shared", "gl", "gluon", "load_pair",
