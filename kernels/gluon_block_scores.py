@@ -203,7 +203,8 @@ def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, 
                      clean_blocks: int, scratch_dtype: torch.dtype, consumers: int, tile: int | None,
                      consumer_regs: int | None = None, num_q_rows: int | None = None,
                      num_k_rows: int | None = None):
-    """Pass 1 on gathered operands qs [B, H, Sq, D], ks [B, H, Sk, D] (bf16/fp16, contiguous).
+    """Pass 1 on the sampled rows qs [B, H, Sq, D], ks [B, H, Sk, D] (bf16/fp16; gathered copies, or
+    the strided views described below).
 
     Returns (sums [B, H, Sq, nK] in scratch_dtype, maxes [B, H, Sq, tiles] fp32, lse [B, H, Sq]
     fp32, blocks per tile) with the meaning of `triton_block_scores.block_sums`. clean_blocks:

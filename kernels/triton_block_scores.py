@@ -26,6 +26,8 @@ Operands: the sampled rows of q and k are gathered once per call (index_select),
 reads plain consecutive tiles (``loads`` "contiguous"), or reads them through TMA descriptors
 ("tma", the CUDA default). Loading rows through the index tables instead, and per-block maxima
 instead of the indicator-product sum, were measured slower on an H200 and removed (BENCHMARKS.md).
+The Gluon pass 1 needs no gather where the sample tables are evenly strided (the default quarter
+is): its TMA descriptors sit on strided views of q and k (`_rows_in_place`).
 """
 
 from __future__ import annotations
