@@ -381,6 +381,8 @@ def scoring_kernel_sweep(q, k, log, only=None):
         "gluon pass 1, 4 consumers, 64-key steps": {"pass1": "gluon", "gluon_consumers": 4, "gluon_tile": 64},
         "gluon pass 1, 4 consumers, 128-key steps": {"pass1": "gluon", "gluon_consumers": 4, "gluon_tile": 128},
         "gluon pass 1, rows read in place": {"pass1": "gluon", "row_strides": "tables"},
+        "gluon pass 1, rows read in place, triton pooling": {"pass1": "gluon", "row_strides": "tables",
+                                                             "gluon_pool": "triton"},
     }
     if only:
         variants = {name: opts for name, opts in variants.items() if name in only}

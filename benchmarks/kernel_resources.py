@@ -102,6 +102,7 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
     slots = max(1, block_n // 4)
     sampled = triton.cdiv(length, block_n) * slots
     kernels = {"_dkdv_kernel": gluon_backward, "_dq1_kernel": gluon_backward, "_block_sums_kernel": gluon_block_scores,
+               "_pool_kernel": gluon_block_scores,
                "_fwd_kernel": gluon_forward, "_pooled_dq_kernel": gluon_pooled_dq}
     with contextlib.ExitStack() as stack:
         for name, module in kernels.items():
@@ -117,6 +118,12 @@ def record_gluon_launches(batch, heads, length, dim, block_m, block_n, dtype=tor
         gluon_block_scores.block_sums_gluon(t(batch, heads, sampled, dim), t(batch, heads, sampled, dim),
                                             t(sampled, dt=torch.int8), slots, 0.1, n_kb, torch.float16,
                                             SCORE_DEFAULTS["gluon_consumers"], SCORE_DEFAULTS["gluon_tile"])
+        q_slots = block_m // 4  # the Gluon pooling after it, default quarter sampled
+        q_sampled = triton.cdiv(length, block_m) * q_slots
+        gluon_block_scores.pool_scores_gluon(t(batch, heads, q_sampled, n_kb, dt=torch.float16),
+                                             t(batch, heads, q_sampled, n_kb // 8, dt=torch.float32),
+                                             t(batch, heads, q_sampled, dt=torch.float32), t(q_sampled, dt=torch.int8),
+                                             q_slots, 8)
     return launches
 
 

@@ -16,7 +16,8 @@ still limits it is not known):
 
 Output contract as `triton_block_scores.block_sums`: per (row, key block) sums of 2^(x - m_t)
 against the tile's row max m_t (scratch dtype), the maxes [rows, tiles], and each row's base-2
-log-sum-exp. The pooling pass (`triton_block_scores.pool_scores`) turns them into scores.
+log-sum-exp. The pooling pass (`pool_scores_gluon` below, or `triton_block_scores.pool_scores`) turns
+them into scores.
 CUDA only, compute capability 9.x; everything else takes the Triton kernel (which CI tests on CPU).
 """
 
@@ -89,6 +90,76 @@ if HAVE_GLUON:
         new_max = gl.maximum(row_max, tile_max)
         row_sum = row_sum * gl.exp2(row_max - new_max) + gl.sum(sums, axis=1) * gl.exp2(tile_max - new_max)
         return new_max, row_sum
+
+    @gluon.jit
+    def _pool_kernel(SCRATCH, MAXES, LSE, Q_VALID, OUT, num_q_rows, num_k_blocks, num_tiles,
+                     ROWS: gl.constexpr, Q_SLOTS: gl.constexpr, BLOCKS_PER_TILE: gl.constexpr, VEC: gl.constexpr,
+                     GROUP_WARPS: gl.constexpr, SLOT_LANES: gl.constexpr, MEAN: gl.constexpr,
+                     NORMALIZE: gl.constexpr):
+        """Pooling and normalisation (passes 2 and 3 of `triton_block_scores`) after pass 1 (scratch,
+        maxes and lse in memory): ROWS sampled rows of one head per 4-warp program.
+
+        A query block's sampled rows are spread over SLOT_LANES lanes (the rest in registers) for VEC
+        neighbouring key blocks, so the max (or mean) over them is mostly register work; the factor
+        2^(m_rt - LSE_r) is one exponential per row and key tile (VEC divides the blocks per tile).
+        """
+        bh = gl.program_id(1).to(gl.int64)
+        first = gl.program_id(0) * ROWS
+        GROUPS: gl.constexpr = ROWS // Q_SLOTS
+        VECS: gl.constexpr = (32 // SLOT_LANES) * (4 // GROUP_WARPS)  # column vectors per step
+        CHUNK: gl.constexpr = VECS * VEC
+        grid4: gl.constexpr = gl.BlockedLayout([GROUPS // GROUP_WARPS, Q_SLOTS // SLOT_LANES, 1, VEC],
+                                               [1, SLOT_LANES, 32 // SLOT_LANES, 1],
+                                               [GROUP_WARPS, 1, 4 // GROUP_WARPS, 1], [3, 2, 1, 0])
+        grid3: gl.constexpr = gl.SliceLayout(3, grid4)  # [groups, slots, vectors]
+        rows2: gl.constexpr = gl.SliceLayout(2, grid3)  # [groups, slots]
+        pooled3: gl.constexpr = gl.SliceLayout(1, grid4)  # [groups, vectors, VEC]
+        per_group: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, pooled3))  # [groups]
+
+        g = gl.arange(0, GROUPS, layout=gl.SliceLayout(1, rows2))
+        s = gl.arange(0, Q_SLOTS, layout=gl.SliceLayout(0, rows2))
+        row = first + gl.expand_dims(g, 1) * Q_SLOTS + gl.expand_dims(s, 0)
+        row_ok = row < num_q_rows
+        sampled = row_ok & (gl.load(Q_VALID + row, mask=row_ok, other=0) != 0)
+        row_ids = bh * num_q_rows + row
+        lse = gl.load(LSE + row_ids, mask=sampled, other=0.0)
+        vec3 = gl.expand_dims(gl.expand_dims(gl.arange(0, VECS, layout=gl.SliceLayout(0, gl.SliceLayout(0, grid3))),
+                                             0), 0) * VEC  # [1, 1, VECS]
+        lane = gl.arange(0, VEC, layout=gl.SliceLayout(0, gl.SliceLayout(0, pooled3)))
+        lane4 = gl.arange(0, VEC, layout=gl.SliceLayout(0, gl.SliceLayout(0, gl.SliceLayout(0, grid4))))
+        lane4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(lane4, 0), 0), 0)  # [1, 1, 1, VEC]
+        vec_p = gl.expand_dims(gl.expand_dims(gl.arange(0, VECS, layout=gl.SliceLayout(0, gl.SliceLayout(2, pooled3))),
+                                              0), 2) * VEC + gl.expand_dims(gl.expand_dims(lane, 0), 0)
+        group = first // Q_SLOTS + gl.arange(0, GROUPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, pooled3)))
+        group_ok = gl.expand_dims(gl.expand_dims(group * Q_SLOTS < num_q_rows, 1), 2)
+        out_rows = OUT + gl.expand_dims(gl.expand_dims(bh * (num_q_rows // Q_SLOTS) + group, 1), 2) * num_k_blocks
+        keep3 = gl.expand_dims(sampled, 2)
+        if MEAN:
+            count = gl.convert_layout(gl.maximum(gl.sum(sampled.to(gl.float32), axis=1), 1.0), per_group)
+        partial = gl.zeros([GROUPS, VECS], gl.float32, layout=gl.SliceLayout(2, pooled3))  # lanes' row sums
+        for c0 in range(0, num_k_blocks, CHUNK):
+            cols = c0 + vec3  # first key block of each vector
+            ok3 = keep3 & (cols < num_k_blocks)
+            maxes = gl.load(MAXES + gl.expand_dims(row_ids, 2) * num_tiles + cols // BLOCKS_PER_TILE, mask=ok3,
+                            other=float("-inf"))
+            factor = gl.expand_dims(gl.exp2(maxes - gl.expand_dims(lse, 2)), 3)  # 0 where not sampled
+            ok4 = gl.expand_dims(ok3, 3) & (gl.expand_dims(cols, 3) + lane4 < num_k_blocks)
+            sums = gl.load(SCRATCH + gl.expand_dims(gl.expand_dims(row_ids, 2), 3) * num_k_blocks
+                           + gl.expand_dims(cols, 3) + lane4, mask=ok4, other=0.0)
+            mass = sums.to(gl.float32) * factor
+            if MEAN:
+                pooled = gl.sum(mass, axis=1) / gl.expand_dims(gl.expand_dims(count, 1), 2)
+            else:
+                pooled = gl.max(mass, axis=1)
+            partial += gl.sum(pooled, axis=2)
+            gl.store(out_rows + c0 + vec_p, pooled, mask=group_ok & (c0 + vec_p < num_k_blocks))
+        if NORMALIZE:  # each thread rescales the scores it stored itself: no barrier needed
+            total = gl.sum(partial, axis=1)
+            inv = gl.expand_dims(gl.expand_dims(1.0 / gl.maximum(total, 1.1754943508222875e-38), 1), 2)
+            for c0 in range(0, num_k_blocks, CHUNK):
+                mask = group_ok & (c0 + vec_p < num_k_blocks)
+                gl.store(out_rows + c0 + vec_p, gl.load(out_rows + c0 + vec_p, mask=mask, other=0.0) * inv,
+                         mask=mask)
 
     @gluon.jit
     def _score_rows(q_smem, k_bufs, ind_smem, q_ready, k_ready, k_empty, K_VALID, SCRATCH, MAXES, LSE,
@@ -237,3 +308,44 @@ def block_sums_gluon(qs: torch.Tensor, ks: torch.Tensor, k_valid: torch.Tensor, 
                              K_SLOTS=k_slots, OUT_COLS=out_cols, STAGES=ring_stages(tile, dim, out_cols, consumers),
                              NUM_WARPS=4, CONSUMERS=consumers, CONSUMER_REGS=consumer_regs, num_warps=4)
     return sums, maxes, lse, blocks_per_tile
+
+
+def can_pool(q_slots: int) -> bool:
+    """Whether `pool_scores_gluon` can pool query blocks of q_slots sampled rows: a program's 64
+    rows must hold whole query blocks."""
+    return q_slots <= ROWS and ROWS % q_slots == 0
+
+
+# At most (sampled rows of a query block, rows x key blocks) per thread and step of the pooling: the
+# fastest of (8, 64), (8, 32), (4, 32), (8, 16) on an H200 at the Wan shape (BENCHMARKS.md, 2026-11-29).
+POOL_SHAPE = (8, 32)
+
+
+def _pool_shape(q_slots: int, blocks_per_tile: int, shape: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """(key blocks per vector, warps across query blocks, lanes across a query block's rows) of
+    `_pool_kernel`'s layout for shape = (rows, values) per thread at most (None: POOL_SHAPE); a
+    vector of at most 8 blocks (16 bytes of fp16 sums) never spans two key tiles."""
+    rows_cap, values_cap = shape or POOL_SHAPE
+    groups = ROWS // q_slots
+    group_warps = min(groups, 4)
+    slot_lanes = max(1, q_slots // rows_cap)
+    rows_per_thread = groups // group_warps * q_slots // slot_lanes
+    return min(blocks_per_tile, 8, max(1, values_cap // rows_per_thread)), group_warps, slot_lanes
+
+
+def pool_scores_gluon(sums: torch.Tensor, maxes: torch.Tensor, lse: torch.Tensor, q_valid: torch.Tensor, q_slots: int,
+                      blocks_per_tile: int, reduction: str = "max", normalize: bool = True) -> torch.Tensor:
+    """`triton_block_scores.pool_scores` as a Gluon launch (same arguments and result): one 4-warp
+    program per 64 sampled rows, each query block's rows in a few lanes (`_pool_kernel`), where
+    the Triton kernel's max across lanes waited on the shared-memory pipe (Nsight Compute: 35 % of
+    its stalls; 0.089 -> 0.052 ms at the Wan shape, H200, BENCHMARKS.md). q_slots: `can_pool`."""
+    if not can_pool(q_slots):
+        raise ValueError(f"the Gluon pooling needs q_slots dividing {ROWS}, got {q_slots}")
+    batch, heads, num_q_rows, num_k_blocks = sums.shape
+    vec, group_warps, slot_lanes = _pool_shape(q_slots, blocks_per_tile)
+    out = torch.empty(batch, heads, num_q_rows // q_slots, num_k_blocks, dtype=torch.float32, device=sums.device)
+    _pool_kernel[(cdiv(num_q_rows, ROWS), batch * heads)](
+        sums, maxes, lse, q_valid.view(torch.int8), out, num_q_rows, num_k_blocks, maxes.shape[-1],
+        ROWS=ROWS, Q_SLOTS=q_slots, BLOCKS_PER_TILE=blocks_per_tile, VEC=vec, GROUP_WARPS=group_warps,
+        SLOT_LANES=slot_lanes, MEAN=reduction == "mean", NORMALIZE=bool(normalize), num_warps=4)
+    return out

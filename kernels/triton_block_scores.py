@@ -41,17 +41,18 @@ from .triton_launch import cdiv, kernel
 LOG2_E = 1.4426950408889634
 LOADS = ("contiguous", "tma")
 PASS1 = ("triton", "gluon", "auto")
+GLUON_POOL = ("triton", "gluon")
 SCRATCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Defaults of block_scores_triton (kernel_bench.py --scoring-only times the alternatives). The
 # Gluon pass 1 (CUDA only) takes four consumers and 128-key steps, the fastest on an H200
 # (2026-11-29, see gluon_block_scores).
 DEFAULTS = {"loads": "contiguous", "block_q": 128, "tile_slots": 128, "num_warps": 8, "num_stages": 2,
             "chunk": 64, "scratch": "fp32", "max_registers": "auto", "pass1": "triton", "gluon_consumers": 4,
-            "gluon_tile": 128}
+            "gluon_tile": 128, "gluon_pool": "triton"}
 # On CUDA: the fastest measured on an H200 at the Wan shape (BENCHMARKS.md, 2026-11-28 20:05 UTC:
 # 0.73 ms at block_n 64, 0.80 ms at 32, against 0.80 / 0.92 ms with DEFAULTS' loads and scratch;
-# 2026-11-29: the Gluon pass 1 where it runs).
-CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16", "pass1": "auto"}
+# 2026-11-29: the Gluon pass 1 where it runs, and after it the Gluon pooling).
+CUDA_DEFAULTS = {"loads": "tma", "scratch": "fp16", "pass1": "auto", "gluon_pool": "gluon"}
 
 
 @triton.jit
@@ -296,15 +297,18 @@ def full_key_blocks(k_valid: torch.Tensor, slots: int) -> int:
 
 def _launch(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots, k_full_blocks,
             loads, block_q, tile_slots, num_warps, num_stages, chunk, scratch, max_registers, pass1,
-            gluon_consumers, gluon_tile, row_strides=None):
+            gluon_consumers, gluon_tile, gluon_pool, row_strides=None):
     """Shared launcher: returns the pooled scores, or for reduce "none" (scratch, maxes, row lse)."""
     if loads not in LOADS:
         raise ValueError(f"loads must be one of {LOADS}, got {loads!r}")
     if scratch not in SCRATCH_DTYPES:
         raise ValueError(f"scratch must be one of {tuple(SCRATCH_DTYPES)}, got {scratch!r}")
+    if gluon_pool not in GLUON_POOL:
+        raise ValueError(f"gluon_pool must be one of {GLUON_POOL}, got {gluon_pool!r}")
     if _resolve_pass1(pass1, q, k_slots) == "gluon":
         return _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
-                             k_full_blocks, block_q, chunk, scratch, gluon_consumers, gluon_tile, row_strides)
+                             k_full_blocks, block_q, chunk, scratch, gluon_consumers, gluon_tile, gluon_pool,
+                             row_strides)
     batch, heads, _, dim = q.shape
     num_q_rows, num_k_rows = q_rows.numel(), k_rows.numel()
     num_k_blocks = num_k_rows // k_slots
@@ -371,20 +375,23 @@ def _rows_in_place(x: torch.Tensor, stride) -> torch.Tensor | None:
 
 
 def _launch_gluon(q, k, q_rows, q_valid, k_rows, k_valid, sm_scale, reduce, normalize, q_slots, k_slots,
-                  k_full_blocks, block_q, chunk, scratch, consumers, tile, row_strides=None):
-    """Pass 1 by the Gluon kernel, then the pooling passes as their own Triton launch."""
-    from .gluon_block_scores import block_sums_gluon
+                  k_full_blocks, block_q, chunk, scratch, consumers, tile, pool, row_strides=None):
+    """Pass 1 by the Gluon kernel, then the pooling as its own launch: Gluon's (pool "gluon", where
+    a query block's samples fit its 64-row programs) or the Triton kernel's."""
+    from . import gluon_block_scores
 
     q_strided, k_strided = row_strides if row_strides is not None else (None, None)
     qs, ks = _rows_in_place(q, q_strided), _rows_in_place(k, k_strided)
     if qs is None or ks is None:
         qs, ks = _operands(q, q_rows), _operands(k, k_rows)
-    sums, maxes, lse, blocks_per_tile = block_sums_gluon(qs, ks, k_valid, k_slots, float(sm_scale) * LOG2_E,
-                                                         k_full_blocks, SCRATCH_DTYPES[scratch], consumers,
-                                                         tile or None, num_q_rows=q_rows.numel(),
-                                                         num_k_rows=k_rows.numel())
+    sums, maxes, lse, blocks_per_tile = gluon_block_scores.block_sums_gluon(
+        qs, ks, k_valid, k_slots, float(sm_scale) * LOG2_E, k_full_blocks, SCRATCH_DTYPES[scratch], consumers,
+        tile or None, num_q_rows=q_rows.numel(), num_k_rows=k_rows.numel())
     if reduce == "none":
         return sums, maxes, lse
+    if pool == "gluon" and gluon_block_scores.can_pool(q_slots):
+        return gluon_block_scores.pool_scores_gluon(sums, maxes, lse, q_valid, q_slots, blocks_per_tile, reduce,
+                                                    normalize)
     return pool_scores(sums, maxes, lse, q_valid, q_slots, blocks_per_tile, reduce, normalize, block_q, chunk)
 
 
@@ -436,7 +443,9 @@ def block_scores_triton(
     Gluon kernel of gluon_block_scores, Hopper only, then a pooling launch (block_q, chunk and
     scratch apply to it, the other options to the Triton kernel only); "auto": Gluon where it runs),
     gluon_consumers (2, or 4: 256 sampled query rows share each key tile) and gluon_tile (sampled
-    keys per Gluon step, 0: its default) for the Gluon pass 1. row_strides: the tables' (first,
+    keys per Gluon step, 0: its default) for the Gluon pass 1, and gluon_pool for the pooling after
+    it ("triton": the Triton kernel; "gluon": `gluon_block_scores.pool_scores_gluon`, where a query
+    block has at most 64 samples). row_strides: the tables' (first,
     step) or None for q and for k (`scoring._SampleTables.stride`); where both are given the Gluon
     pass 1 reads the sampled rows in place instead of gathering them.
     """

@@ -126,6 +126,8 @@ def test_bad_options_are_refused():
         _fused(q, k, 64, 32, 0.25, "max", scratch="bf16")
     with pytest.raises(ValueError, match="pass1 must"):
         _fused(q, k, 64, 32, 0.25, "max", pass1="cuda")
+    with pytest.raises(ValueError, match="gluon_pool"):
+        _fused(q, k, 64, 32, 0.25, "max", gluon_pool="fused")
     with pytest.raises(ValueError, match="Hopper"):  # the Gluon pass 1 never runs on CPU tensors
         _fused(q, k, 64, 32, 0.25, "max", pass1="gluon")
 
@@ -219,6 +221,10 @@ def test_gluon_pass1_matches_triton_on_hopper(batch, length_q, length_k, block_n
         assert relative < 2e-3, (options, relative)
     in_place = _fused(*args, pass1="gluon", row_strides=(qt.stride, kt.stride))  # rows read in place where strided
     assert torch.equal(in_place, _fused(*args, pass1="gluon"))
+    for options in ({}, {"gluon_consumers": 2, "gluon_tile": 0}, {"row_strides": (qt.stride, kt.stride)}):
+        by_gluon = _fused(*args, pass1="gluon", gluon_pool="gluon", **options)
+        torch.testing.assert_close(by_gluon, _fused(*args, pass1="gluon", gluon_pool="triton", **options),
+                                   rtol=1e-5, atol=1e-7)
     sums_args = (q, k, qt.rows.flatten(), kt.rows.flatten(), kt.valid.flatten(), kt.rows.shape[1], dim ** -0.5)
     _, _, lse_triton = block_sums(*sums_args)
     _, _, lse_gluon = block_sums(*sums_args, pass1="gluon")
@@ -244,3 +250,43 @@ def test_sample_tables_report_even_strides():
     assert view.data_ptr() == x[0, 0, 2].data_ptr()  # no copy
     torch.testing.assert_close(view, x.index_select(2, tables.rows.reshape(-1)[tables.valid.reshape(-1)]))
     assert _rows_in_place(x, None) is None and _rows_in_place(x.transpose(2, 3), tables.stride) is None
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize(
+    "block_m,fraction,normalize",
+    [(64, 0.25, True), (32, 0.25, False), (128, 0.5, True), (256, 0.5, True), (16, 0.25, True)],
+)
+@pytest.mark.parametrize("reduction", ["max", "mean"])
+def test_gluon_pooling_matches_the_triton_pooling(block_m, fraction, normalize, reduction):
+    """Query blocks of 16, 8, 64 and 4 sampled rows pooled by the Gluon kernel; 128 rows (block_m
+    256 at a half) do not fit its 64-row programs and take the Triton pooling."""
+    gen = torch.Generator(device="cuda").manual_seed(block_m)
+    q = torch.randn(2, 3, 2500, 64, device="cuda", generator=gen).to(torch.bfloat16)
+    k = (torch.randn(2, 3, 1900, 64, device="cuda", generator=gen) + 0.5 * q.float().mean(2, True)).to(torch.bfloat16)
+    args = (q, k, block_m, 64, fraction, reduction, normalize)
+    expected = _fused(*args, pass1="triton", scratch="fp32")
+    by_triton = _fused(*args, pass1="gluon", gluon_pool="triton")
+    assert (by_triton - expected).norm() / expected.norm() < 2e-3
+    torch.testing.assert_close(_fused(*args, pass1="gluon", gluon_pool="gluon"), by_triton, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(8, 32), (8, 64), (4, 32), (2, 16)])
+def test_gluon_pooling_layout_fits_every_query_block_size(shape):
+    """Each thread of the Gluon pooling holds at most the shape's rows x blocks (where a query block
+    has that many rows); 4 warps and 32 lanes cover 64 rows; a vector stays within a key tile."""
+    from psa_train.kernels.gluon_block_scores import ROWS, _pool_shape, can_pool
+
+    rows_cap, values_cap = shape
+    for q_slots in (1, 2, 4, 8, 16, 32, 64):
+        assert can_pool(q_slots)
+        for blocks_per_tile in (1, 2, 4, 8, 16, 32):
+            vec, group_warps, slot_lanes = _pool_shape(q_slots, blocks_per_tile, shape)
+            groups = ROWS // q_slots
+            rows_per_thread = groups // group_warps * q_slots // slot_lanes
+            assert group_warps in (1, 2, 4) and groups % group_warps == 0 and 32 % slot_lanes == 0
+            assert q_slots // slot_lanes <= rows_cap and rows_per_thread * vec <= max(values_cap, rows_per_thread)
+            assert blocks_per_tile % vec == 0 and vec <= 8, (q_slots, blocks_per_tile)
+    assert not can_pool(128)
+
