@@ -136,7 +136,7 @@ if HAVE_GLUON:
         keep3 = gl.expand_dims(sampled, 2)
         if MEAN:
             count = gl.convert_layout(gl.maximum(gl.sum(sampled.to(gl.float32), axis=1), 1.0), per_group)
-        partial = gl.zeros([GROUPS, VECS], gl.float32, layout=gl.SliceLayout(2, pooled3))  # lanes' row sums
+        partial = gl.zeros([GROUPS, VECS], gl.float32, layout=gl.SliceLayout(2, pooled3))  # row sums per thread
         for c0 in range(0, num_k_blocks, CHUNK):
             cols = c0 + vec3  # first key block of each vector
             ok3 = keep3 & (cols < num_k_blocks)

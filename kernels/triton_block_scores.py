@@ -445,9 +445,9 @@ def block_scores_triton(
     gluon_consumers (2, or 4: 256 sampled query rows share each key tile) and gluon_tile (sampled
     keys per Gluon step, 0: its default) for the Gluon pass 1, and gluon_pool for the pooling after
     it ("triton": the Triton kernel; "gluon": `gluon_block_scores.pool_scores_gluon`, where a query
-    block has at most 64 samples). row_strides: the tables' (first,
-    step) or None for q and for k (`scoring._SampleTables.stride`); where both are given the Gluon
-    pass 1 reads the sampled rows in place instead of gathering them.
+    block has at most 64 samples). row_strides: the tables' (first, step) or None for q and for k
+    (`scoring._SampleTables.stride`); where both are given the Gluon pass 1 reads the sampled rows
+    in place instead of gathering them.
     """
     if reduction not in ("max", "mean"):
         raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
