@@ -13,6 +13,9 @@ measured PSA density of each variant as a table, plus the ratio to the dense cuD
 Variants: "dense-cudnn" / "dense-flash" (SDPA pinned to that backend), "psa" (quota bands
 15 % full, 10 % 2x, 10 % 4x, 15 % 8x, 50 % skipped: nominal density 0.244; --bands to change),
 "psa-forced" (every block at --forced-level; 4 gives exactly 0.25 with no selection cost).
+--compile default / reduce-overhead runs every variant through torch.compile (the latter replays
+each step's launches from CUDA graphs, which is what short sequences need: the PSA layer's own
+kernels are custom operators there, kernels/compiled_ops.py).
 """
 
 from __future__ import annotations
@@ -70,10 +73,17 @@ def bench(args, model, pixels, labels, grid, variant: str, device: torch.device)
             for p in processors:
                 p.psa.force_level = args.forced_level
 
+    run = model
+    if args.compile != "none":
+        torch._dynamo.reset()
+        run = torch.compile(model, mode=None if args.compile == "default" else args.compile)
+
     def step():
         model.zero_grad(set_to_none=True)
+        if args.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         with sdpa_context(variant, device):
-            logits = model(pixel_values=pixels).logits
+            logits = run(pixel_values=pixels).logits
             torch.nn.functional.cross_entropy(logits.float(), labels).backward()
 
     seconds, peak = median_time(step, args.steps, args.warmup, device)
@@ -99,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--tile", type=int, nargs=3, default=(2, 8, 8))
     p.add_argument("--bands", default=None, help='quota bands as JSON, e.g. \'{"1": 0.25}\'')
     p.add_argument("--forced-level", type=int, default=4, choices=(1, 2, 4, 8))
+    p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead"),
+                   help="torch.compile the model for every variant (reduce-overhead: CUDA graphs)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
 
@@ -120,7 +132,7 @@ def main(argv=None) -> int:
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"# PSA: block {args.block_m}x{args.block_n}, layout {args.layout} {tuple(args.tile)}, bands "
           f"{args.bands or DEFAULT_BANDS}; psa-forced level {args.forced_level}; fwd+bwd, median of "
-          f"{args.steps} after {args.warmup} warm-up\n")
+          f"{args.steps} after {args.warmup} warm-up; torch.compile: {args.compile}\n")
     rows = []
     for variant in variants:
         try:

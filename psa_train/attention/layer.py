@@ -124,6 +124,8 @@ class PSAAttention(nn.Module):
         The recomputation (inside the backward pass) gets the same q and k, so it reuses the levels
         of the forward it repeats instead of scoring again: one scoring per layer and step.
         """
+        if torch.compiler.is_compiling():  # the compiled graph recomputes inside itself: score afresh
+            return self.select_levels(q, k, sm_scale)
         key = (tuple(q.shape), tuple(k.shape), q.device, self.config.budget, self.force_level, sm_scale)
         if _in_backward_pass():
             if self._stashed is not None and self._stashed[0] == key:

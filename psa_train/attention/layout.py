@@ -176,6 +176,13 @@ def _cached_on(grid: Grid, mode: str, tile: Grid, prefix: int, device: str):
     return perm.to(device), inv.to(device)
 
 
+@torch.compiler.assume_constant_result
+def _constant_permutation(grid: Grid, mode: str, tile: Grid, prefix: int, device: str):
+    """`_cached_on`, which torch.compile runs once at trace time and keeps as constants of the
+    graph (traced, it would rebuild the permutation and copy it to the device on every call)."""
+    return _cached_on(grid, mode, tile, prefix, device)
+
+
 def layout_permutation(
     grid: Grid,
     mode: str = "tile",
@@ -193,7 +200,7 @@ def layout_permutation(
     if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
         raise ValueError(f"prefix must be an int >= 0, got {prefix!r}")
     grid, tile = _check_grid(grid), _check_grid(tile, "tile")
-    return _cached_on(grid, mode, tile, prefix, str(torch.device(device)))
+    return _constant_permutation(grid, mode, tile, prefix, str(torch.device(device)))
 
 
 class _PermuteTokens(torch.autograd.Function):

@@ -7,6 +7,8 @@ alike; prefix blocks are forced dense. Also the statistics every log reports (de
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .config import BOUNDARY_ONE, LEVELS, POOLED_LEVELS, PSAConfig
@@ -106,12 +108,18 @@ def _ranked_levels_torch(scores: torch.Tensor, config: PSAConfig, budget: float 
 
 def _ranked_levels_triton(scores: torch.Tensor, config: PSAConfig, budget: float | None) -> torch.Tensor:
     """The same levels from one kernel (kernels/triton_assign.py); band edges go as scalars."""
-    from psa_train.kernels.triton_assign import assign_levels_triton
+    if torch.compiler.is_compiling():  # one opaque operator for the compiler (kernels/compiled_ops.py)
+        from psa_train.kernels.compiled_ops import assign_levels_op as assign
+    else:
+        from psa_train.kernels.triton_assign import assign_levels_triton
+
+        def assign(scores, counts, bounds):
+            return assign_levels_triton(scores, counts=counts, bounds=bounds)
 
     if config.band_mode == "quota":
-        return assign_levels_triton(scores, counts=quota_counts(scores.shape[-1], config, budget))
+        return assign(scores, quota_counts(scores.shape[-1], config, budget), None)
     bounds = [float("inf") if b >= BOUNDARY_ONE else b for b in config.boundaries(budget).values()]
-    return assign_levels_triton(scores, bounds=bounds)
+    return assign(scores, None, bounds)
 
 
 def _pick_backend(scores: torch.Tensor, backend: str) -> str:
@@ -201,8 +209,16 @@ def compute_density(levels: torch.Tensor, per_head: bool = False) -> float | tor
 
 
 def level_counts(levels: torch.Tensor) -> torch.Tensor:
-    """Number of blocks at each level of LEVEL_VALUES, as a tensor on levels' device (no sync)."""
-    return torch.stack([(levels == s).sum() for s in LEVEL_VALUES])
+    """Number of blocks at each level of LEVEL_VALUES, as an int64 tensor on levels' device (no
+    sync). Two launches (one per level and a stack took eleven: host time at short sequences)."""
+    return (levels.reshape(-1, 1) == _level_values(levels.device)).sum(0)
+
+
+@functools.lru_cache(maxsize=8)
+def _level_values(device: torch.device) -> torch.Tensor:
+    """LEVEL_VALUES on `device`, made there (no host copy, which would also keep a compiled graph
+    out of CUDA graphs)."""
+    return (1 << torch.arange(len(LEVEL_VALUES), dtype=torch.int32, device=device)) >> 1
 
 
 def level_histogram(levels: torch.Tensor) -> dict[int, float]:

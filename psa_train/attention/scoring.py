@@ -68,6 +68,13 @@ def _sample_tables(length: int, block: int, fraction: float, device: str) -> _Sa
     return _SampleTables(rows, valid, valid.sum(-1, keepdim=True).float(), full_blocks, stride)
 
 
+@torch.compiler.assume_constant_result
+def _constant_tables(length: int, block: int, fraction: float, device: str) -> _SampleTables:
+    """`_sample_tables`, which torch.compile runs at trace time and keeps as constants of the graph:
+    tables first made inside a CUDA-graph capture would live in the graph's private memory."""
+    return _sample_tables(length, block, fraction, device)
+
+
 def _even_stride(rows: torch.Tensor, valid: torch.Tensor) -> tuple[int, int] | None:
     """(first, step) if valid slot i of the flattened table samples token first + step * i."""
     flat = rows.reshape(-1)
@@ -148,12 +155,19 @@ def block_scores(
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be one of ('auto', 'triton', 'torch'), got {backend!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
-
-    q_tab = _sample_tables(q.shape[2], block_m, sample_fraction, str(q.device))
-    k_tab = _sample_tables(k.shape[2], block_n, sample_fraction, str(k.device))
     if backend == "auto":
         compiled = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
         backend = "triton" if compiled else "torch"
+    if backend == "triton" and torch.compiler.is_compiling():  # one opaque operator (kernels/compiled_ops.py)
+        from psa_train.kernels.compiled_ops import block_scores_op
+
+        q_tab = _constant_tables(q.shape[2], block_m, sample_fraction, str(q.device))
+        k_tab = _constant_tables(k.shape[2], block_n, sample_fraction, str(k.device))
+        return block_scores_op(q, k, q_tab.rows, q_tab.valid, k_tab.rows, k_tab.valid, k_tab.full_blocks,
+                               list(q_tab.stride or ()), list(k_tab.stride or ()), scale, reduction, normalize)
+
+    q_tab = _sample_tables(q.shape[2], block_m, sample_fraction, str(q.device))
+    k_tab = _sample_tables(k.shape[2], block_n, sample_fraction, str(k.device))
     if backend == "triton":
         # triton is imported only where used
         from psa_train.kernels.triton_block_scores import block_scores_triton

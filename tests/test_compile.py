@@ -1,0 +1,125 @@
+"""`torch.compile` over the Triton path: one graph (no break), and the same numbers as eager.
+
+Under the compiler, attention, block scoring and level assignment run as custom operators
+(kernels/compiled_ops.py). CPU tensors run the kernels in the Triton interpreter, so shapes are
+tiny; the CPU runs force the Triton scoring and assignment that CUDA tensors take by default.
+The GPU test adds CUDA graphs (`mode="reduce-overhead"`), where the launches are replayed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import psa_train.attention.layer as layer_module  # noqa: E402
+from psa_train.attention import PSAAttention, PSAConfig, assign_levels, block_scores  # noqa: E402
+from psa_train.attention.layout import _cached_on  # noqa: E402
+from psa_train.attention.scoring import _sample_tables  # noqa: E402
+from psa_train.kernels import pyramid_attention  # noqa: E402
+
+
+def _qkv(shape, device="cpu", dtype=torch.float32, seed=0):
+    g = torch.Generator(device).manual_seed(seed)
+    return [torch.randn(shape, generator=g, device=device, dtype=dtype).requires_grad_() for _ in range(3)]
+
+
+def _run(fn, q, k, v, **kw):
+    """Output and (dq, dk, dv) of fn(q, k, v).sum()."""
+    for t in (q, k, v):
+        t.grad = None
+    out = fn(q, k, v, **kw)
+    out.float().pow(2).sum().backward()
+    return out.detach().clone(), [t.grad.clone() for t in (q, k, v)]
+
+
+def _assert_same(got, expected):
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    for a, b in zip(got[1], expected[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.fixture
+def triton_selection(monkeypatch):
+    """Make the layer score and assign with the Triton kernels, as it does for CUDA tensors."""
+    monkeypatch.setattr(layer_module, "block_scores", functools.partial(block_scores, backend="triton"))
+    monkeypatch.setattr(layer_module, "assign_levels", functools.partial(assign_levels, backend="triton"))
+
+
+def test_scoring_assignment_and_attention_compile_to_one_graph():
+    config = PSAConfig(block_m=64, block_n=32, budget=1.0)
+
+    def sparse_attention(q, k, v):
+        scores = block_scores(q.detach(), k.detach(), 64, 32, backend="triton")
+        levels = assign_levels(scores, config, backend="triton")
+        return pyramid_attention(q, k, v, levels, 64, 32, backend="triton")
+
+    q, k, v = _qkv((1, 2, 200, 64))  # tail blocks on both axes
+    expected = _run(sparse_attention, q, k, v)
+    compiled = torch.compile(sparse_attention, fullgraph=True, backend="aot_eager")
+    _assert_same(_run(compiled, q, k, v), expected)
+
+
+@pytest.mark.parametrize("mode", ["quota", "threshold"])
+def test_layer_compiles_without_graph_breaks(mode, triton_selection):
+    config = PSAConfig.default_quota() if mode == "quota" else PSAConfig.wan21_1_3b()
+    layer = PSAAttention(dataclasses.replace(config, block_m=64, block_n=32, budget=1.0, backend="triton"))
+    q, k, v = _qkv((1, 2, 256, 64))
+    grid = (4, 8, 8)
+    explained = torch._dynamo.explain(layer)(q, k, v, grid=grid)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    expected = _run(layer, q, k, v, grid=grid)
+    expected_density = layer.last_density
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    _assert_same(_run(compiled, q, k, v, grid=grid), expected)
+    assert layer.last_density == expected_density < 1.0
+
+
+def test_a_changed_budget_or_grid_is_not_served_from_the_old_graph(triton_selection):
+    """The budget (annealed) and the grid's token order are constants of a compiled graph: a change
+    must re-trace, never reuse the old levels or permutation. A second grid makes the grid's ints
+    dynamic, and the permutation then runs outside the graph (a graph break, so no fullgraph)."""
+    layer = PSAAttention(PSAConfig(block_m=64, block_n=32, budget=1.0, backend="triton"))
+    q, k, v = (t.detach() for t in _qkv((1, 2, 256, 64)))
+    densities = []
+    for fullgraph, runs in ((True, [(1.0, (4, 8, 8)), (0.4, (4, 8, 8)), (0.0, (4, 8, 8)), (1.0, (4, 8, 8))]),
+                            (False, [(1.0, (4, 8, 8)), (1.0, (1, 16, 16)), (1.0, (4, 8, 8))])):
+        compiled = torch.compile(layer, fullgraph=fullgraph, backend="aot_eager")
+        for budget, grid in runs:
+            layer.budget = budget
+            with torch.no_grad():
+                expected = layer(q, k, v, grid=grid)
+                eager_density = layer.last_density
+                got = compiled(q, k, v, grid=grid)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+            assert layer.last_density == eager_density
+            densities.append(eager_density)
+        torch._dynamo.reset()
+    assert densities[0] < densities[1] < densities[2] == 1.0 and densities[3] == densities[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("preset", ["default_quota", "wan21_1_3b"])
+def test_layer_under_cuda_graphs_matches_eager(preset):
+    """mode="reduce-overhead": the layer's launches recorded once and replayed. The compiled layer
+    runs first, with the sample-table and layout caches empty: a device tensor that a custom
+    operator caches while a CUDA graph is recorded would sit in the graph's private memory."""
+    _sample_tables.cache_clear()
+    _cached_on.cache_clear()
+    layer = PSAAttention(getattr(PSAConfig, preset)())
+    q, k, v = _qkv((2, 12, 1568, 64), device="cuda", dtype=torch.bfloat16)
+    grid = (8, 14, 14)
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # warm-up, recording, replay
+        got = _run(compiled, q, k, v, grid=grid)
+    expected = _run(layer, q, k, v, grid=grid)
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    # the pooled gradients are summed by atomics (kernels/gluon_pooled_dq.py), in no fixed order:
+    # two eager backwards differ in the last bits too
+    for a, b in zip(got[1], expected[1]):
+        torch.testing.assert_close(a, b)
