@@ -102,6 +102,33 @@ def test_a_changed_budget_or_grid_is_not_served_from_the_old_graph(triton_select
     assert densities[0] < densities[1] < densities[2] == 1.0 and densities[3] == densities[0]
 
 
+def test_patched_backbones_compile_to_one_graph(triton_selection):
+    """diffusers' Wan transformer and an HF VideoMAE with PSA installed, as users compile them."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    from psa_train.models import enable_psa
+    from psa_train.models.wan import load_wan_transformer
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    config = PSAConfig(block_m=64, block_n=32, layout="tile", tile_size=(1, 4, 4), backend="triton", budget=1.0)
+    wan = load_wan_transformer("tiny").eval()
+    enable_psa(wan, config)
+    wan_inputs = (torch.randn(2, 16, 5, 8, 8, generator=g), torch.tensor([900.0, 150.0]), torch.randn(2, 32, 32, generator=g))
+    videomae = VideoMAEForVideoClassification(VideoMAEConfig(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, image_size=(40, 56),
+        patch_size=8, num_frames=6, tubelet_size=2, num_labels=5, attn_implementation="sdpa")).eval()
+    enable_psa(videomae, config)
+    clips = torch.randn(2, 6, 3, 40, 56, generator=g)
+    for call in (lambda: wan(*wan_inputs, return_dict=False)[0], lambda: videomae(clips).logits):
+        with torch.no_grad():
+            expected = call()
+            explained = torch._dynamo.explain(call)()
+            assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+            got = torch.compile(call, fullgraph=True, backend="aot_eager")()
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("preset", ["default_quota", "wan21_1_3b"])
