@@ -108,18 +108,18 @@ def _ranked_levels_torch(scores: torch.Tensor, config: PSAConfig, budget: float 
 
 def _ranked_levels_triton(scores: torch.Tensor, config: PSAConfig, budget: float | None) -> torch.Tensor:
     """The same levels from one kernel (kernels/triton_assign.py); band edges go as scalars."""
-    if torch.compiler.is_compiling():  # one opaque operator for the compiler (kernels/compiled_ops.py)
-        from psa_train.kernels.compiled_ops import assign_levels_op as assign
-    else:
-        from psa_train.kernels.triton_assign import assign_levels_triton
-
-        def assign(scores, counts, bounds):
-            return assign_levels_triton(scores, counts=counts, bounds=bounds)
-
+    counts = bounds = None
     if config.band_mode == "quota":
-        return assign(scores, quota_counts(scores.shape[-1], config, budget), None)
-    bounds = [float("inf") if b >= BOUNDARY_ONE else b for b in config.boundaries(budget).values()]
-    return assign(scores, None, bounds)
+        counts = quota_counts(scores.shape[-1], config, budget)
+    else:
+        bounds = [float("inf") if b >= BOUNDARY_ONE else b for b in config.boundaries(budget).values()]
+    if torch.compiler.is_compiling():  # one opaque operator for the compiler (kernels/compiled_ops.py)
+        from psa_train.kernels.compiled_ops import assign_levels_op
+
+        return assign_levels_op(scores, counts, bounds)
+    from psa_train.kernels.triton_assign import assign_levels_triton
+
+    return assign_levels_triton(scores, counts=counts, bounds=bounds)
 
 
 def _pick_backend(scores: torch.Tensor, backend: str) -> str:

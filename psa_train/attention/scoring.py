@@ -70,8 +70,9 @@ def _sample_tables(length: int, block: int, fraction: float, device: str) -> _Sa
 
 @torch.compiler.assume_constant_result
 def _constant_tables(length: int, block: int, fraction: float, device: str) -> _SampleTables:
-    """`_sample_tables`, which torch.compile runs at trace time and keeps as constants of the graph:
-    tables first made inside a CUDA-graph capture would live in the graph's private memory."""
+    """`_sample_tables`, which torch.compile runs at trace time and keeps as constants of the graph
+    (traced, they would be rebuilt on every call; first made inside a CUDA-graph capture, they would
+    live in the graph's private memory)."""
     return _sample_tables(length, block, fraction, device)
 
 
@@ -158,16 +159,13 @@ def block_scores(
     if backend == "auto":
         compiled = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
         backend = "triton" if compiled else "torch"
+    q_tab = _constant_tables(q.shape[2], block_m, sample_fraction, str(q.device))
+    k_tab = _constant_tables(k.shape[2], block_n, sample_fraction, str(k.device))
     if backend == "triton" and torch.compiler.is_compiling():  # one opaque operator (kernels/compiled_ops.py)
         from psa_train.kernels.compiled_ops import block_scores_op
 
-        q_tab = _constant_tables(q.shape[2], block_m, sample_fraction, str(q.device))
-        k_tab = _constant_tables(k.shape[2], block_n, sample_fraction, str(k.device))
         return block_scores_op(q, k, q_tab.rows, q_tab.valid, k_tab.rows, k_tab.valid, k_tab.full_blocks,
                                list(q_tab.stride or ()), list(k_tab.stride or ()), scale, reduction, normalize)
-
-    q_tab = _sample_tables(q.shape[2], block_m, sample_fraction, str(q.device))
-    k_tab = _sample_tables(k.shape[2], block_n, sample_fraction, str(k.device))
     if backend == "triton":
         # triton is imported only where used
         from psa_train.kernels.triton_block_scores import block_scores_triton
