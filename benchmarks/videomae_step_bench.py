@@ -15,7 +15,8 @@ Variants: "dense-cudnn" / "dense-flash" (SDPA pinned to that backend), "psa" (qu
 "psa-forced" (every block at --forced-level; 4 gives exactly 0.25 with no selection cost).
 --compile default / reduce-overhead runs every variant through torch.compile (the latter replays
 each step's launches from CUDA graphs, which is what short sequences need: the PSA layer's own
-kernels are custom operators there, kernels/compiled_ops.py).
+kernels are custom operators there, kernels/compiled_ops.py). --anneal START gives "psa" a new budget
+before every step, as the annealing callback does; "graphs compiled" counts dynamo's graphs.
 """
 
 from __future__ import annotations
@@ -78,18 +79,32 @@ def bench(args, model, pixels, labels, grid, variant: str, device: torch.device)
         torch._dynamo.reset()
         run = torch.compile(model, mode=None if args.compile == "default" else args.compile)
 
+    budgets = iter(_anneal_schedule(args)) if args.anneal is not None and variant == "psa" else None
+
     def step():
         model.zero_grad(set_to_none=True)
+        if budgets is not None:
+            budget = next(budgets)
+            for p in processors:
+                p.psa.budget = budget
         if args.compile == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         with sdpa_context(variant, device):
             logits = run(pixel_values=pixels).logits
             torch.nn.functional.cross_entropy(logits.float(), labels).backward()
 
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     seconds, peak = median_time(step, args.steps, args.warmup, device)
     density = psa_density(model) if variant.startswith("psa") else 1.0
     disable_psa_vit(model)
-    return {"variant": variant, "ms": seconds * 1e3, "peak_gib": peak, "density": density}
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+    return {"variant": variant, "ms": seconds * 1e3, "peak_gib": peak, "density": density, "graphs": graphs}
+
+
+def _anneal_schedule(args) -> list[float]:
+    """--anneal START: a new budget before every step, rising linearly from START to 1 over the run."""
+    steps = args.warmup + args.steps
+    return [args.anneal + (1.0 - args.anneal) * i / max(1, steps - 1) for i in range(steps)]
 
 
 def main(argv=None) -> int:
@@ -111,6 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--forced-level", type=int, default=4, choices=(1, 2, 4, 8))
     p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead"),
                    help="torch.compile the model for every variant (reduce-overhead: CUDA graphs)")
+    p.add_argument("--anneal", type=float, default=None, metavar="START",
+                   help="psa: a new budget before every step, from START to 1, as the annealing callback "
+                        "sets them (a START near 1 keeps the density, so the time shows the cost of the change)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
 
@@ -142,12 +160,12 @@ def main(argv=None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     base = next((r["ms"] for r in rows if r["variant"] == "dense-cudnn"), None) or (rows[0]["ms"] if rows else None)
-    print("| variant | density | step ms | vs dense-cudnn | peak GiB |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | density | step ms | vs dense-cudnn | peak GiB | graphs compiled |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         ratio = r["ms"] / base if base else float("nan")
         density = "n/a" if r["density"] is None else f"{r['density']:.3f}"
-        print(f"| {r['variant']} | {density} | {r['ms']:.1f} | {ratio:.2f}x | {r['peak_gib']:.2f} |")
+        print(f"| {r['variant']} | {density} | {r['ms']:.1f} | {ratio:.2f}x | {r['peak_gib']:.2f} | {r['graphs']} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"arch": args.arch, "batch": args.batch, "grid": grid, "rows": rows}, f, indent=2)

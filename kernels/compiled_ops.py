@@ -117,3 +117,18 @@ def assign_levels_op(scores: torch.Tensor, counts: list[int] | None, bounds: lis
 @assign_levels_op.register_fake
 def _(scores, counts, bounds):
     return torch.empty_like(scores, dtype=torch.int32)
+
+
+@torch.library.custom_op("psa_train::assign_levels_from_budget", mutates_args=())
+def assign_levels_from_budget_op(scores: torch.Tensor, budget_bits: torch.Tensor, targets: list[float],
+                                 threshold: bool, full_at: float) -> torch.Tensor:
+    """`triton_assign.assign_levels_from_budget`: the budget is a tensor the kernel reads, so a
+    compiled graph takes every annealed value without compiling again (the targets are constants)."""
+    from .triton_assign import assign_levels_from_budget
+
+    return assign_levels_from_budget(scores, budget_bits, targets, threshold, full_at)
+
+
+@assign_levels_from_budget_op.register_fake
+def _(scores, budget_bits, targets, threshold, full_at):
+    return torch.empty_like(scores, dtype=torch.int32)

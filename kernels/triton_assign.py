@@ -25,7 +25,10 @@ program owns ROWS whole rows of NPAD (a power of two >= nK) key blocks, held in 
 Scores may be float16, bfloat16 or float32 (all exact in float32, so ties survive); float64
 scores would need a wider key and stay on the torch path. Scalars are kernel arguments (the
 float64 boundaries as their bit patterns, since Python floats reach kernels as float32), so a
-call never synchronises with the host.
+call never synchronises with the host. Under torch.compile the budget may instead sit in device
+memory (`assign_levels_from_budget`): the kernel then computes the band edges itself, with the
+host's float64 arithmetic (no multiply-add fusion), so a compiled graph or a CUDA graph follows an
+annealed budget without compiling or recording again.
 """
 
 from __future__ import annotations
@@ -132,13 +135,50 @@ def _mass_before(keys, rank, nk):
     return (tl.cumsum(score, axis=1) - score) / total[:, None]
 
 
+@triton.jit
+def _interpolated(budget, target_bits):
+    """1 - budget * (1 - b), float64, as `PSAConfig.boundaries` computes it."""
+    return 1.0 - budget * (1.0 - target_bits.to(tl.int64).to(tl.float64, bitcast=True))
+
+
+@triton.jit
+def _quota_edge(budget, target_bits, one, nk, prev):
+    """(count through this level, running max) with the arithmetic of `levels.quota_counts`."""
+    b = _interpolated(budget, target_bits)
+    n = tl.minimum((b * nk.to(tl.float64) + 0.5).to(tl.int64), nk)  # int(): truncation, b >= 0
+    n = tl.where(b >= one, nk, n)
+    prev = tl.maximum(prev, n)
+    return tl.minimum(prev, nk), prev
+
+
+@triton.jit
+def _threshold_edge(budget, target_bits, one):
+    """This level's boundary as float64 bits, +inf bits where the band takes everything."""
+    b = _interpolated(budget, target_bits)
+    return tl.where(b >= one, 0x7FF0000000000000, b.to(tl.int64, bitcast=True))
+
+
 # The band scalars move with the budget (annealed every step): not specialised, so a training run
-# never stops to compile the kernel again.
-@kernel(do_not_specialize=("n1", "n2", "n4", "n8", "b1", "b2", "b4", "b8"))
-def _assign_kernel(S, OUT, n_rows, nk, stride_row, stride_col,
-                   n1, n2, n4, n8, b1, b2, b4, b8,
-                   THRESHOLD: tl.constexpr, ROWS: tl.constexpr, NPAD: tl.constexpr,
+# never stops to compile the kernel again. With FROM_BUDGET the kernel derives them itself from
+# the budget in memory (BUDGET: float64 bits) and the targets (b1..b8: float64 bits of the
+# boundaries at budget 1): how a compiled graph or a CUDA graph follows an annealed budget.
+@kernel(do_not_specialize=("n1", "n2", "n4", "n8", "b1", "b2", "b4", "b8", "one_bits"))
+def _assign_kernel(S, OUT, BUDGET, n_rows, nk, stride_row, stride_col,
+                   n1, n2, n4, n8, b1, b2, b4, b8, one_bits,
+                   THRESHOLD: tl.constexpr, FROM_BUDGET: tl.constexpr, ROWS: tl.constexpr, NPAD: tl.constexpr,
                    LOG_N: tl.constexpr, N_DIMS: tl.constexpr):
+    if FROM_BUDGET:
+        budget = tl.load(BUDGET).to(tl.float64, bitcast=True)
+        one = one_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        if THRESHOLD:
+            b1, b2, b4, b8 = (_threshold_edge(budget, b1, one), _threshold_edge(budget, b2, one),
+                              _threshold_edge(budget, b4, one), _threshold_edge(budget, b8, one))
+        else:
+            size = tl.full([], 0, tl.int64) + nk
+            n1, prev = _quota_edge(budget, b1, one, size, tl.full([], 1, tl.int64))
+            n2, prev = _quota_edge(budget, b2, one, size, prev)
+            n4, prev = _quota_edge(budget, b4, one, size, prev)
+            n8, prev = _quota_edge(budget, b8, one, size, prev)
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     lane = tl.arange(0, NPAD)
     live = (row < n_rows)[:, None]
@@ -199,6 +239,30 @@ def assign_levels_triton(
     """
     if (counts is None) == (bounds is None):
         raise ValueError("pass exactly one of counts (quota) or bounds (threshold)")
+    ints = [int(c) for c in counts] if counts is not None else [0, 0, 0, 0]
+    floats = [float(b) for b in bounds] if bounds is not None else [1.0] * 4
+    return _launch(scores, None, ints, floats, bounds is not None, rows, num_warps)
+
+
+def assign_levels_from_budget(scores: torch.Tensor, budget_bits: torch.Tensor, targets: list[float],
+                              threshold: bool, full_at: float) -> torch.Tensor:
+    """`assign_levels_triton` with the band edges derived inside the kernel from a budget in device
+    memory: budget_bits, a 0-d int64 tensor holding the float64 bits of the budget (read when the
+    kernel runs, so a CUDA graph replays with the current value); targets, the cumulative
+    boundaries at budget 1 (`PSAConfig.target_boundaries`); full_at, the boundary from which a
+    band takes every block (`config.BOUNDARY_ONE`). The edges come out as
+    `PSAConfig.boundaries` and `levels.quota_counts` compute them, bit for bit (no multiply-add
+    fusion in this kernel)."""
+    if budget_bits.dtype != torch.int64 or budget_bits.numel() != 1 or budget_bits.device != scores.device:
+        raise ValueError(f"budget_bits must be one int64 on {scores.device}, got {budget_bits.dtype} "
+                         f"{tuple(budget_bits.shape)} on {budget_bits.device}")
+    if len(targets) != 4:
+        raise ValueError(f"targets must hold the boundaries of levels 1, 2, 4, 8, got {targets}")
+    return _launch(scores, budget_bits, [0, 0, 0, 0], [float(t) for t in targets], threshold, None, None,
+                   full_at)
+
+
+def _launch(scores, budget_bits, ints, floats, threshold, rows, num_warps, full_at=1.0):
     if not supports(scores):
         raise ValueError(f"the Triton level assignment needs non-empty {SCORE_DTYPES} scores with at most "
                          f"{MAX_BLOCKS} key blocks per row, got {scores.dtype} {tuple(scores.shape)}")
@@ -206,11 +270,11 @@ def assign_levels_triton(
     flat = scores.reshape(-1, nk)
     out = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
     npad, rows, num_warps = _launch_shape(nk, rows, num_warps)
-    ints = [int(c) for c in counts] if counts is not None else [0, 0, 0, 0]
-    floats = [float(b) for b in bounds] if bounds is not None else [1.0] * 4
     grid = (-(-flat.shape[0] // rows),)
-    _assign_kernel[grid](flat, out, flat.shape[0], nk, flat.stride(0), flat.stride(1),
-                         *ints, *(_float_bits(b) for b in floats),
-                         THRESHOLD=bounds is not None, ROWS=rows, NPAD=npad, LOG_N=npad.bit_length() - 1,
-                         N_DIMS=(rows * npad).bit_length() - 1, num_warps=num_warps)
+    budget = out if budget_bits is None else budget_bits  # any pointer where the kernel reads none
+    _assign_kernel[grid](flat, out, budget, flat.shape[0], nk, flat.stride(0), flat.stride(1),
+                         *ints, *(_float_bits(b) for b in floats), _float_bits(full_at),
+                         THRESHOLD=threshold, FROM_BUDGET=budget_bits is not None, ROWS=rows, NPAD=npad,
+                         LOG_N=npad.bit_length() - 1, N_DIMS=(rows * npad).bit_length() - 1,
+                         num_warps=num_warps, enable_fp_fusion=False)
     return out

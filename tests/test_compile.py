@@ -13,6 +13,7 @@ import functools
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 pytest.importorskip("triton")
 
@@ -80,9 +81,9 @@ def test_layer_compiles_without_graph_breaks(mode, triton_selection):
 
 
 def test_a_changed_budget_or_grid_is_not_served_from_the_old_graph(triton_selection):
-    """The budget (annealed) and the grid's token order are constants of a compiled graph: a change
-    must re-trace, never reuse the old levels or permutation. A second grid makes the grid's ints
-    dynamic, and the permutation then runs outside the graph (a graph break, so no fullgraph)."""
+    """A new budget or grid must never reuse the old levels or permutation. The grid's token order
+    is a constant of a compiled graph: a second grid makes the grid's ints dynamic, and the
+    permutation then runs outside the graph (a graph break, so no fullgraph)."""
     layer = PSAAttention(PSAConfig(block_m=64, block_n=32, budget=1.0, backend="triton"))
     q, k, v = (t.detach() for t in _qkv((1, 2, 256, 64)))
     densities = []
@@ -100,6 +101,34 @@ def test_a_changed_budget_or_grid_is_not_served_from_the_old_graph(triton_select
             densities.append(eager_density)
         torch._dynamo.reset()
     assert densities[0] < densities[1] < densities[2] == 1.0 and densities[3] == densities[0]
+
+
+@pytest.mark.parametrize("preset", ["default_quota", "wan21_1_3b"])
+def test_an_annealed_budget_does_not_compile_again(preset, triton_selection):
+    """The annealing callback moves the budget every step. The assignment kernel reads it from the
+    layer's buffer, so a compiled layer follows it with three graphs in all: budget 0 (dense
+    SDPA), the first sparse budget, and the one where dynamo turns the float into a symbol."""
+    torch._dynamo.reset()
+    counters.clear()
+    layer = PSAAttention(dataclasses.replace(getattr(PSAConfig, preset)(), block_m=64, block_n=32, backend="triton"))
+    q, k, v = (t.detach() for t in _qkv((1, 2, 256, 64)))
+    grid = (4, 8, 8)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    densities = []
+    for budget in (0.0, 0.25, 0.5, 1.0, 0.75):
+        layer.budget = budget
+        with torch.no_grad():
+            expected = layer(q, k, v, grid=grid)
+            densities.append(layer.last_density)
+            got = compiled(q, k, v, grid=grid)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert layer.last_density == densities[-1]
+    assert densities[0] == 1.0 > densities[1] > densities[2] > densities[3] < densities[4]
+    assert counters["stats"]["unique_graphs"] == 3
+    layer.config.budget = 0.3  # bypasses the buffer: the compiled layer must refuse, not use 0.75
+    with torch.no_grad(), pytest.raises(RuntimeError, match="layer.budget = value"):
+        compiled(q, k, v, grid=grid)
+    torch._dynamo.reset()
 
 
 def test_patched_backbones_compile_to_one_graph(triton_selection):
@@ -150,3 +179,34 @@ def test_layer_under_cuda_graphs_matches_eager(preset):
     # two eager backwards differ in the last bits too
     for a, b in zip(got[1], expected[1]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_annealed_budget_under_cuda_graphs():
+    """mode="reduce-overhead" while the budget moves every step: the recorded assignment reads the
+    budget from memory at each replay, so levels follow the budget with no re-recording, no skip of
+    the CUDA graphs and no stale value."""
+    torch._dynamo.reset()
+    counters.clear()
+    layer = PSAAttention(PSAConfig.default_quota())
+    q, k, v = _qkv((2, 12, 1568, 64), device="cuda", dtype=torch.bfloat16)
+    grid = (8, 14, 14)
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+    densities = []
+    for budget in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.5):
+        layer.budget = budget
+        for _ in range(2):  # a budget's first run (recording, at the first ones), then a replay
+            torch.compiler.cudagraph_mark_step_begin()
+            got = _run(compiled, q, k, v, grid=grid)
+            density = layer.last_density
+        expected = _run(layer, q, k, v, grid=grid)
+        assert density == layer.last_density
+        densities.append(density)
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+        for a, b in zip(got[1], expected[1]):  # pooled gradients: atomics, see above
+            torch.testing.assert_close(a, b)
+    assert densities[0] == 1.0 and all(a > b for a, b in zip(densities[:6], densities[1:6]))
+    assert counters["inductor"]["cudagraph_skips"] == 0
+    assert counters["stats"]["unique_graphs"] <= 3 * 2  # forward and backward graphs
+    torch._dynamo.reset()

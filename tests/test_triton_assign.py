@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psa_train.kernels import triton_assign
-from psa_train.kernels.triton_assign import assign_levels_triton
+from psa_train.kernels.triton_assign import assign_levels_from_budget, assign_levels_triton
 
 from psa_train.attention import PSAConfig, assign_levels
+from psa_train.attention.config import BOUNDARY_ONE
 from psa_train.attention.levels import quota_counts
 
 CONFIGS = {
@@ -164,6 +165,51 @@ def test_random_configs(config, nk, budget, seed, distinct):
     values = torch.rand(distinct, generator=g)
     scores = values[torch.randint(distinct, (1, 2, 3, nk), generator=g)]
     _assert_same(scores, config, budget=budget)
+
+
+def _from_budget(scores, config, budget):
+    """Levels with the band edges derived in the kernel from a budget in memory (the compiled path)."""
+    bits = torch.tensor(budget, dtype=torch.float64).view(torch.int64).to(scores.device)
+    return assign_levels_from_budget(scores, bits, list(config.target_boundaries().values()),
+                                     config.band_mode == "threshold", BOUNDARY_ONE)
+
+
+# Budgets whose boundary * blocks lands on a half (0.5 * 0.3 * 10 = 1.5, 0.5 * 0.35 * 20 = 3.5 ...):
+# one rounding more or less in the edge arithmetic moves a count there.
+EDGE_BUDGETS = (0.0, 0.5, 1 / 3, 0.1, 0.7, 0.9999999995, 1.0)
+
+
+@pytest.mark.parametrize("nk", [1, 10, 20, 37])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_edges_from_a_budget_in_memory(name, nk):
+    scores = _mixed_scores(nk, seed=nk)
+    for budget in EDGE_BUDGETS:
+        want = assign_levels(scores, CONFIGS[name], budget=budget, backend="torch")
+        assert torch.equal(_from_budget(scores, CONFIGS[name], budget), want), budget
+
+
+def test_budget_in_memory_is_checked():
+    scores = _mixed_scores(4, seed=0)
+    targets = list(PSAConfig().target_boundaries().values())
+    with pytest.raises(ValueError, match="budget_bits"):
+        assign_levels_from_budget(scores, torch.tensor(0.5), targets, False, BOUNDARY_ONE)
+    with pytest.raises(ValueError, match="targets"):
+        assign_levels_from_budget(scores, torch.tensor(0), targets[:3], False, BOUNDARY_ONE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_edges_from_budget_are_the_host_edges_on_gpu():
+    """Compiled, the edge arithmetic must not fuse a multiply and an add (one rounding fewer than
+    Python's): the counts and bounds must be the host's bit for bit at every budget."""
+    gen = torch.Generator().manual_seed(5)
+    budgets = list(EDGE_BUDGETS) + torch.rand(60, generator=gen, dtype=torch.float64).tolist()
+    for name, config in CONFIGS.items():
+        for nk in (10, 20, 37, 512, 1024):
+            scores = _mixed_scores(nk, seed=nk).cuda()
+            for budget in budgets:
+                want = assign_levels(scores, config, budget=budget, backend="triton")
+                assert torch.equal(_from_budget(scores, config, budget), want), (name, nk, budget)
 
 
 @pytest.mark.gpu

@@ -172,14 +172,17 @@ class PSAConfig:
         everywhere (all level 1) and budget 1 the configured bands.
         """
         budget = self.budget if budget is None else check_budget(budget)
-        if self.band_mode == "quota":
-            cum, acc = {}, 0.0
-            for s in LEVELS:
-                acc += self.bands[s]
-                cum[s] = min(acc, 1.0)
-        else:
-            cum = dict(self.bands)
-        return {s: 1.0 - budget * (1.0 - b) for s, b in cum.items()}
+        return {s: 1.0 - budget * (1.0 - b) for s, b in self.target_boundaries().items()}
+
+    def target_boundaries(self) -> dict[int, float]:
+        """The cumulative boundaries b_s at budget 1 (the configured bands), before interpolation."""
+        if self.band_mode == "threshold":
+            return dict(self.bands)
+        cum, acc = {}, 0.0
+        for s in LEVELS:
+            acc += self.bands[s]
+            cum[s] = min(acc, 1.0)
+        return cum
 
     def quota_density(self, budget: float | None = None) -> float:
         """Nominal compute density of quota bands (ignoring rounding and the top-block rule)."""

@@ -33,7 +33,10 @@ class PSAAttention(nn.Module):
     Attributes:
       config: this layer's own copy of the `PSAConfig` (changing the caller's object later has
         no effect; set `layer.budget` or `layer.config.<field>` instead).
-      budget: read/write shortcut to `config.budget` (validated); callbacks anneal it.
+      budget: read/write shortcut to `config.budget` (validated); callbacks anneal it. The layer
+        also keeps it in a device buffer, which a `torch.compile`d layer reads: a new budget
+        then neither compiles again nor goes stale in a CUDA graph. Under the compiler set it
+        through `layer.budget` (a direct write to `config.budget` fails the next compiled call).
       force_level: debug/test hook. None (default) = normal selection. An int in {0,1,2,4,8}
         makes every block that level and always runs `pyramid_attention` (even at budget 0);
         `force_level=1` must reproduce dense attention.
@@ -52,6 +55,10 @@ class PSAAttention(nn.Module):
         self._stashed: tuple | None = None  # (call key, levels) of the last forward with grad
         self.last_levels: torch.Tensor | None = None
         self._last_counts: torch.Tensor | None = None
+        # the budget's float64 bits (an int64 buffer, so casting the model to bf16 leaves it exact)
+        self.register_buffer("_budget_bits", torch.zeros((), dtype=torch.int64), persistent=False)
+        self._buffered_budget: float | None = None
+        self._write_budget()
 
     @property
     def budget(self) -> float:
@@ -60,6 +67,28 @@ class PSAAttention(nn.Module):
     @budget.setter
     def budget(self, value: float) -> None:
         self.config.budget = check_budget(value)
+        self._write_budget()
+
+    def _write_budget(self) -> None:
+        """Copy config.budget into the buffer (a fill on its device: no host sync)."""
+        bits = int(torch.tensor(self.config.budget, dtype=torch.float64).view(torch.int64))
+        self._budget_bits.fill_(bits)
+        self._buffered_budget = self.config.budget
+
+    def _budget_buffer(self, device: torch.device) -> torch.Tensor:
+        """The budget buffer on `device`, current. Eager calls bring it up to date; a compiled
+        graph cannot (a fill there would bake the value into a CUDA graph), so it refuses one
+        that a direct write to `config.budget` has left behind."""
+        if torch.compiler.is_compiling():
+            if self.config.budget != self._buffered_budget:
+                raise RuntimeError("under torch.compile set the PSA budget with `layer.budget = value`, "
+                                   "not through `layer.config.budget`")
+            return self._budget_bits.to(device)
+        if self._budget_bits.device != device:
+            self._budget_bits = self._budget_bits.to(device)
+        if self.config.budget != self._buffered_budget:
+            self._write_budget()
+        return self._budget_bits
 
     @property
     def last_level_counts(self) -> torch.Tensor | None:
@@ -150,7 +179,7 @@ class PSAAttention(nn.Module):
             sim = None
             if any(t is not None for t in cfg.similarity_thresholds.values()):
                 sim = key_similarity(k, cfg.block_n)
-            levels = assign_levels(scores, cfg, key_similarity=sim)
+            levels = assign_levels(scores, cfg, key_similarity=sim, budget_bits=self._budget_buffer(q.device))
         self._last_counts = level_counts(levels)
         if self.keep_levels:
             self.last_levels = levels.detach()

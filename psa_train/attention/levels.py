@@ -106,8 +106,16 @@ def _ranked_levels_torch(scores: torch.Tensor, config: PSAConfig, budget: float 
     return levels
 
 
-def _ranked_levels_triton(scores: torch.Tensor, config: PSAConfig, budget: float | None) -> torch.Tensor:
-    """The same levels from one kernel (kernels/triton_assign.py); band edges go as scalars."""
+def _ranked_levels_triton(scores: torch.Tensor, config: PSAConfig, budget: float | None,
+                          budget_bits: torch.Tensor | None = None) -> torch.Tensor:
+    """The same levels from one kernel (kernels/triton_assign.py); band edges go as scalars, or
+    under the compiler, given budget_bits, the kernel derives them from the budget in memory."""
+    if budget_bits is not None and torch.compiler.is_compiling():
+        from psa_train.kernels.compiled_ops import assign_levels_from_budget_op
+
+        targets = list(config.target_boundaries().values())
+        return assign_levels_from_budget_op(scores, budget_bits, targets, config.band_mode == "threshold",
+                                            BOUNDARY_ONE)
     counts = bounds = None
     if config.band_mode == "quota":
         counts = quota_counts(scores.shape[-1], config, budget)
@@ -145,6 +153,7 @@ def assign_levels(
     key_similarity: torch.Tensor | None = None,
     prefix_tokens: int | None = None,
     backend: str = "auto",
+    budget_bits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Levels [B, H, nQ, nK] (int32, values in {0, 1, 2, 4, 8}) from block scores [B, H, nQ, nK].
 
@@ -162,11 +171,15 @@ def assign_levels(
     it in the Triton interpreter; float16/bfloat16/float32 scores, nK <= 8192), "torch" with
     sort / cumsum / scatter (any dtype, float64 mass), "auto" the kernel on supported CUDA
     scores, else torch. Both give the same levels (NaN scores rank first, as in torch.sort).
+
+    budget_bits: the same budget as a 0-d int64 tensor of its float64 bits on the scores' device
+    (`PSAAttention` keeps one). Under `torch.compile` the Triton path reads the budget from it, so
+    an annealed budget neither compiles again nor goes stale in a CUDA graph; elsewhere unused.
     """
     if scores.dim() != 4:
         raise ValueError(f"scores must be [B, H, nQ, nK], got {tuple(scores.shape)}")
     if _pick_backend(scores, backend) == "triton":
-        levels = _ranked_levels_triton(scores, config, budget)
+        levels = _ranked_levels_triton(scores, config, budget, budget_bits)
     else:
         levels = _ranked_levels_torch(scores, config, budget)
 
