@@ -35,8 +35,10 @@ class PSAAttention(nn.Module):
         no effect; set `layer.budget` or `layer.config.<field>` instead).
       budget: read/write shortcut to `config.budget` (validated); callbacks anneal it. The layer
         also keeps it in a device buffer, which a `torch.compile`d layer reads: a new budget
-        then neither compiles again nor goes stale in a CUDA graph. Under the compiler set it
-        through `layer.budget` (a direct write to `config.budget` fails the next compiled call).
+        then neither compiles again nor goes stale in a CUDA graph. A compiled layer reads no
+        Python copy of it (each would be a guard, and a recompile per value under
+        `dynamic=False`), so set it through `layer.budget`: a direct write to `config.budget`
+        reaches the buffer only at the next eager call.
       force_level: debug/test hook. None (default) = normal selection. An int in {0,1,2,4,8}
         makes every block that level and always runs `pyramid_attention` (even at budget 0);
         `force_level=1` must reproduce dense attention.
@@ -57,8 +59,7 @@ class PSAAttention(nn.Module):
         self._last_counts: torch.Tensor | None = None
         # the budget's float64 bits (an int64 buffer, so casting the model to bf16 leaves it exact)
         self.register_buffer("_budget_bits", torch.zeros((), dtype=torch.int64), persistent=False)
-        self._buffered_budget: float | None = None
-        self._write_budget()
+        self._write_budget()  # also sets _buffered_budget and _dense_budget (budget 0: dense SDPA)
 
     @property
     def budget(self) -> float:
@@ -74,21 +75,15 @@ class PSAAttention(nn.Module):
         bits = int(torch.tensor(self.config.budget, dtype=torch.float64).view(torch.int64))
         self._budget_bits.fill_(bits)
         self._buffered_budget = self.config.budget
+        self._dense_budget = self.config.budget == 0.0
 
-    def _budget_buffer(self, device: torch.device) -> torch.Tensor:
-        """The budget buffer on `device`, current. Eager calls bring it up to date; a compiled
-        graph cannot (a fill there would bake the value into a CUDA graph), so it refuses one
-        that a direct write to `config.budget` has left behind."""
-        if torch.compiler.is_compiling():
-            if self.config.budget != self._buffered_budget:
-                raise RuntimeError("under torch.compile set the PSA budget with `layer.budget = value`, "
-                                   "not through `layer.config.budget`")
-            return self._budget_bits.to(device)
+    def _sync_budget(self, device: torch.device) -> None:
+        """Eager calls: the buffer (and the dense flag) up to date with config.budget, on `device`.
+        A compiled graph cannot do this (a fill there would bake the value into a CUDA graph)."""
         if self._budget_bits.device != device:
             self._budget_bits = self._budget_bits.to(device)
         if self.config.budget != self._buffered_budget:
             self._write_budget()
-        return self._budget_bits
 
     @property
     def last_level_counts(self) -> torch.Tensor | None:
@@ -124,7 +119,9 @@ class PSAAttention(nn.Module):
         force = self.force_level
         if force is not None and force not in LEVEL_VALUES:
             raise ValueError(f"force_level must be None or one of {LEVEL_VALUES}, got {force!r}")
-        if force is None and cfg.budget == 0.0:
+        if not torch.compiler.is_compiling():
+            self._sync_budget(q.device)
+        if force is None and self._dense_budget:  # compiled: a bool guard, which changes only at budget 0
             blocks = q.shape[0] * q.shape[1] * -(-q.shape[2] // cfg.block_m) * -(-k.shape[2] // cfg.block_n)
             self._last_counts = torch.tensor([0, blocks, 0, 0, 0])  # every block dense
             self.last_levels = None
@@ -179,7 +176,7 @@ class PSAAttention(nn.Module):
             sim = None
             if any(t is not None for t in cfg.similarity_thresholds.values()):
                 sim = key_similarity(k, cfg.block_n)
-            levels = assign_levels(scores, cfg, key_similarity=sim, budget_bits=self._budget_buffer(q.device))
+            levels = assign_levels(scores, cfg, key_similarity=sim, budget_bits=self._budget_bits.to(q.device))
         self._last_counts = level_counts(levels)
         if self.keep_levels:
             self.last_levels = levels.detach()
