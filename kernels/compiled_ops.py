@@ -106,19 +106,6 @@ def _(q, k, q_rows, q_valid, k_rows, k_valid, k_full_blocks, q_stride, k_stride,
     return q.new_empty(batch, heads, q_rows.shape[0], k_rows.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("psa_train::assign_levels", mutates_args=())
-def assign_levels_op(scores: torch.Tensor, counts: list[int] | None, bounds: list[float] | None) -> torch.Tensor:
-    """`triton_assign.assign_levels_triton` (quota counts or threshold bounds)."""
-    from .triton_assign import assign_levels_triton
-
-    return assign_levels_triton(scores, counts=counts, bounds=bounds)
-
-
-@assign_levels_op.register_fake
-def _(scores, counts, bounds):
-    return torch.empty_like(scores, dtype=torch.int32)
-
-
 @torch.library.custom_op("psa_train::assign_levels_from_budget", mutates_args=())
 def assign_levels_from_budget_op(scores: torch.Tensor, budget_bits: torch.Tensor, targets: list[float],
                                  threshold: bool, full_at: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from .config import BOUNDARY_ONE, LEVELS, POOLED_LEVELS, PSAConfig
+from .config import BOUNDARY_ONE, LEVELS, POOLED_LEVELS, PSAConfig, check_budget
 
 LEVEL_VALUES = (0, 1, 2, 4, 8)
 
@@ -108,26 +108,24 @@ def _ranked_levels_torch(scores: torch.Tensor, config: PSAConfig, budget: float 
 
 def _ranked_levels_triton(scores: torch.Tensor, config: PSAConfig, budget: float | None,
                           budget_bits: torch.Tensor | None = None) -> torch.Tensor:
-    """The same levels from one kernel (kernels/triton_assign.py); band edges go as scalars, or
-    under the compiler, given budget_bits, the kernel derives them from the budget in memory."""
-    if budget_bits is not None and torch.compiler.is_compiling():
+    """The same levels from one kernel (kernels/triton_assign.py), its band edges as scalars. Under
+    the compiler one opaque operator whose kernel derives the edges from the budget in memory:
+    budget_bits, else the given budget as a constant of the graph."""
+    if torch.compiler.is_compiling():
         from psa_train.kernels.compiled_ops import assign_levels_from_budget_op
 
+        if budget_bits is None:
+            value = config.budget if budget is None else check_budget(budget)
+            budget_bits = torch.full((), value, dtype=torch.float64, device=scores.device).view(torch.int64)
         targets = list(config.target_boundaries().values())
         return assign_levels_from_budget_op(scores, budget_bits, targets, config.band_mode == "threshold",
                                             BOUNDARY_ONE)
-    counts = bounds = None
-    if config.band_mode == "quota":
-        counts = quota_counts(scores.shape[-1], config, budget)
-    else:
-        bounds = [float("inf") if b >= BOUNDARY_ONE else b for b in config.boundaries(budget).values()]
-    if torch.compiler.is_compiling():  # one opaque operator for the compiler (kernels/compiled_ops.py)
-        from psa_train.kernels.compiled_ops import assign_levels_op
-
-        return assign_levels_op(scores, counts, bounds)
     from psa_train.kernels.triton_assign import assign_levels_triton
 
-    return assign_levels_triton(scores, counts=counts, bounds=bounds)
+    if config.band_mode == "quota":
+        return assign_levels_triton(scores, counts=quota_counts(scores.shape[-1], config, budget))
+    bounds = [float("inf") if b >= BOUNDARY_ONE else b for b in config.boundaries(budget).values()]
+    return assign_levels_triton(scores, bounds=bounds)
 
 
 def _pick_backend(scores: torch.Tensor, backend: str) -> str:
@@ -174,7 +172,8 @@ def assign_levels(
 
     budget_bits: the same budget as a 0-d int64 tensor of its float64 bits on the scores' device
     (`PSAAttention` keeps one). Under `torch.compile` the Triton path reads the budget from it, so
-    an annealed budget neither compiles again nor goes stale in a CUDA graph; elsewhere unused.
+    an annealed budget neither compiles again nor goes stale in a CUDA graph; elsewhere unused
+    (and compiled without it, the budget is a constant of the graph).
     """
     if scores.dim() != 4:
         raise ValueError(f"scores must be [B, H, nQ, nK], got {tuple(scores.shape)}")
