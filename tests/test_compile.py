@@ -212,3 +212,39 @@ def test_annealed_budget_under_cuda_graphs():
     assert counters["inductor"]["cudagraph_skips"] == 0
     assert counters["stats"]["unique_graphs"] == 2  # budget 0 (dense SDPA) and the sparse layer
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("preset", ["default_quota", "wan21_1_3b"])
+def test_an_annealed_budget_on_the_torch_path_does_not_compile_again(preset):
+    """The torch assignment path (CPU tensors here) reads the budget from the layer's buffer under
+    the compiler too: its checks break the graph, but no budget after the first compiles again."""
+    torch._dynamo.reset()
+    counters.clear()
+    layer = PSAAttention(dataclasses.replace(getattr(PSAConfig, preset)(), block_m=64, block_n=32))
+    q, k, v = (t.detach() for t in _qkv((1, 2, 256, 64)))
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=False)
+    graphs = []
+    for budget in (0.25, 0.5, 1.0, 0.75, 0.6):
+        layer.budget = budget
+        with torch.no_grad():
+            expected = layer(q, k, v, grid=(4, 8, 8))
+            density = layer.last_density
+            got = compiled(q, k, v, grid=(4, 8, 8))
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert layer.last_density == density < 1.0
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs == graphs[:1] * 5, graphs
+    torch._dynamo.reset()
+
+
+def test_band_edges_from_the_budget_bits_equal_the_host_ones():
+    """The torch path's compiled band edges round as `PSAConfig.boundaries` and `quota_counts` do."""
+    from psa_train.attention.levels import _boundaries_from_bits, _quota_counts_tensor, quota_counts
+
+    for config in (PSAConfig.default_quota(), PSAConfig.wan21_1_3b(), PSAConfig(bands={1: 0.1, 2: 0.1, 4: 0.3, 8: 0.5})):
+        for budget in [i / 64 for i in range(65)] + [0.3, 0.7, 1e-12]:
+            bits = torch.tensor(budget, dtype=torch.float64).view(torch.int64)
+            bounds = _boundaries_from_bits(config, bits)
+            assert bounds.tolist() == list(config.boundaries(budget).values()), (config, budget)
+            for nk in (1, 7, 10, 33, 512, 1000):
+                assert _quota_counts_tensor(nk, bounds).tolist() == quota_counts(nk, config, budget), (nk, budget)

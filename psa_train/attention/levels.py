@@ -47,11 +47,14 @@ def key_similarity(k: torch.Tensor, block_n: int, levels: tuple[int, ...] = POOL
     return torch.stack(out, dim=-1)
 
 
-def _first_band(before: torch.Tensor, bounds: list[float]) -> torch.Tensor:
+def _first_band(before: torch.Tensor, bounds: list[float] | torch.Tensor) -> torch.Tensor:
     """Level of the first band whose boundary is above `before` (0 if none)."""
     level = torch.zeros(before.shape, dtype=torch.int32, device=before.device)
     for s, b in reversed(list(zip(LEVELS, bounds))):  # finest band last so it wins
-        hit = torch.ones_like(before, dtype=torch.bool) if b >= BOUNDARY_ONE else before < b
+        if isinstance(b, torch.Tensor):
+            hit = (before < b) | (b >= BOUNDARY_ONE)
+        else:
+            hit = torch.ones_like(before, dtype=torch.bool) if b >= BOUNDARY_ONE else before < b
         level = torch.where(hit, torch.full_like(level, s), level)
     return level
 
@@ -80,15 +83,34 @@ def quota_counts(num_blocks: int, config: PSAConfig, budget: float | None = None
     return counts
 
 
+def _boundaries_from_bits(config: PSAConfig, budget_bits: torch.Tensor) -> torch.Tensor:
+    """`config.boundaries(budget)` as a float64 tensor, the budget read from its bits: under the
+    compiler a Python float would be a constant of the graph (a new graph per annealed budget)."""
+    budget = budget_bits.view(torch.float64)
+    targets = torch.tensor(list(config.target_boundaries().values()), dtype=torch.float64, device=budget.device)
+    return 1.0 - budget * (1.0 - targets)  # the same two roundings as the Python expression
+
+
+def _quota_counts_tensor(num_blocks: int, bounds: torch.Tensor) -> torch.Tensor:
+    """`quota_counts` from tensor boundaries: round half up, monotone, at least one level-1 block."""
+    counts = torch.where(bounds >= BOUNDARY_ONE, num_blocks, (bounds * num_blocks + 0.5).floor().clamp(max=num_blocks))
+    return torch.cummax(counts.clamp(min=1), dim=0).values.long()
+
+
 _ASSIGN_BACKENDS = ("auto", "triton", "torch")
 
 
-def _ranked_levels_torch(scores: torch.Tensor, config: PSAConfig, budget: float | None) -> torch.Tensor:
-    """The reference path (any device and dtype): sort, band lookup by rank, scatter back."""
+def _ranked_levels_torch(scores: torch.Tensor, config: PSAConfig, budget: float | None,
+                         budget_bits: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference path (any device and dtype): sort, band lookup by rank, scatter back.
+    Compiled with budget_bits, the band edges are tensors computed from them (no recompile per budget)."""
     nk = scores.shape[-1]
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    bounds_tensor = None
+    if budget is None and budget_bits is not None and torch.compiler.is_compiling():
+        bounds_tensor = _boundaries_from_bits(config, budget_bits.to(scores.device))
     if config.band_mode == "quota":
-        counts = quota_counts(nk, config, budget)
+        counts = quota_counts(nk, config, budget) if bounds_tensor is None else _quota_counts_tensor(nk, bounds_tensor)
         ranked = _quota_levels_by_rank(nk, counts, scores.device).expand(scores.shape)
     else:
         # Mass before a block = (raw scores ranked before it) / row sum: the cumulative sum runs
@@ -98,7 +120,8 @@ def _ranked_levels_torch(scores: torch.Tensor, config: PSAConfig, budget: float 
         total = s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         sorted_scores = torch.gather(s, -1, order)
         before = (torch.cumsum(sorted_scores, -1) - sorted_scores) / total
-        ranked = _first_band(before, list(config.boundaries(budget).values()))
+        ranked = _first_band(before, list(config.boundaries(budget).values()) if bounds_tensor is None
+                             else bounds_tensor)
     ranked = ranked.clone()
     ranked[..., 0] = 1  # top block: never an empty row
     levels = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
@@ -171,16 +194,16 @@ def assign_levels(
     scores, else torch. Both give the same levels (NaN scores rank first, as in torch.sort).
 
     budget_bits: the same budget as a 0-d int64 tensor of its float64 bits on the scores' device
-    (`PSAAttention` keeps one). Under `torch.compile` the Triton path reads the budget from it, so
-    an annealed budget neither compiles again nor goes stale in a CUDA graph; elsewhere unused
-    (and compiled without it, the budget is a constant of the graph).
+    (`PSAAttention` keeps one). Under `torch.compile` both paths read the budget from it, so an
+    annealed budget neither compiles again nor goes stale in a CUDA graph; eager calls use
+    `budget` / `config.budget` (compiled without bits, the budget is a constant of the graph).
     """
     if scores.dim() != 4:
         raise ValueError(f"scores must be [B, H, nQ, nK], got {tuple(scores.shape)}")
     if _pick_backend(scores, backend) == "triton":
         levels = _ranked_levels_triton(scores, config, budget, budget_bits)
     else:
-        levels = _ranked_levels_torch(scores, config, budget)
+        levels = _ranked_levels_torch(scores, config, budget, budget_bits)
 
     if key_similarity is not None:
         levels = apply_similarity_cap(levels, key_similarity, config)
@@ -223,14 +246,17 @@ def compute_density(levels: torch.Tensor, per_head: bool = False) -> float | tor
 def level_counts(levels: torch.Tensor) -> torch.Tensor:
     """Number of blocks at each level of LEVEL_VALUES, as an int64 tensor on levels' device (no
     sync). Two launches (one per level and a stack took eleven: host time at short sequences)."""
-    return (levels.reshape(-1, 1) == _level_values(levels.device)).sum(0)
+    values = _make_level_values(levels.device) if torch.compiler.is_compiling() else _level_values(levels.device)
+    return (levels.reshape(-1, 1) == values).sum(0)
 
 
-@functools.lru_cache(maxsize=8)
-def _level_values(device: torch.device) -> torch.Tensor:
+def _make_level_values(device: torch.device) -> torch.Tensor:
     """LEVEL_VALUES on `device`, made there (no host copy, which would also keep a compiled graph
-    out of CUDA graphs)."""
+    out of CUDA graphs); compiled, the graph makes them itself (dynamo would trace through a cache)."""
     return (1 << torch.arange(len(LEVEL_VALUES), dtype=torch.int32, device=device)) >> 1
+
+
+_level_values = functools.lru_cache(maxsize=8)(_make_level_values)
 
 
 def level_histogram(levels: torch.Tensor) -> dict[int, float]:
