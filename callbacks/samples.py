@@ -117,6 +117,7 @@ class SampleVideos(pl.Callback):
         return latents
 
     @torch.no_grad()
+    @torch.compiler.set_stance("force_eager")  # sampling shapes and CFG batches are not the training graphs'
     def generate(self, pl_module) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """Names, teacher clips and student clips [N, 3, T, H, W] in [-1, 1]."""
         from psa_train.models.text_video_encoders import denormalize_latents, encode_text

@@ -77,8 +77,8 @@ class AttentionStats(pl.Callback):
             layer.register_forward_hook(functools.partial(_compare_with_dense, metric), with_kwargs=True)
             for layer, metric in zip(layers, errors)
         ]
-        try:
-            with torch.no_grad():
+        try:  # eager even when the student is compiled: hooks and a probe shape would mean new graphs
+            with torch.no_grad(), torch.compiler.set_stance("force_eager"):
                 pl_module.probe_student(self._probe_batch)
         finally:
             for handle in handles:

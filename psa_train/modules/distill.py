@@ -37,16 +37,14 @@ from ..models.wan import (
     set_psa_budget,
 )
 from . import schedules
+from .compiling import CompiledNetworks, compile_networks, compile_options
+from .errors import ConfigError
 from .optim import adamw_with_schedule
 
 TRAINABLE = ("full", "lora")
 PSA_PRESETS = ("default", "default_quota", "wan21_1_3b")
 DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 CHECKPOINT_KEY = "psa_train"
-
-
-class ConfigError(ValueError):
-    """A recipe value that is the right type but not an accepted value (reported by the CLI)."""
 
 
 def build_psa_config(preset: str = "default", overrides: Mapping[str, Any] | PSAConfig | None = None) -> PSAConfig:
@@ -65,7 +63,7 @@ def build_psa_config(preset: str = "default", overrides: Mapping[str, Any] | PSA
         raise ConfigError(f"model.psa: {err}") from err
 
 
-class DistillationModule(pl.LightningModule):
+class DistillationModule(CompiledNetworks, pl.LightningModule):
     """Distil a PSA student from its dense teacher.
 
     Args:
@@ -88,6 +86,8 @@ class DistillationModule(pl.LightningModule):
       warmup_steps, lr_schedule ("constant" | "cosine"), min_lr_ratio: LambdaLR per step.
       gradient_checkpointing: activation checkpointing of the student's transformer blocks.
       seed: seed of the per-step noise generator (with the global step and the rank).
+      compile: torch.compile the student and teacher transformers: null (eager), true, a mode
+        name or a dict of torch.compile arguments (`psa_train.modules.compiling`).
     """
 
     def __init__(
@@ -117,8 +117,10 @@ class DistillationModule(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
         seed: int = 0,
+        compile: bool | str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.compile_kwargs = compile_options(compile)
         if trainable not in TRAINABLE:
             raise ConfigError(f"model.trainable must be one of {TRAINABLE}, got {trainable!r}")
         if timestep_sampling not in schedules.TIMESTEP_SAMPLINGS:
@@ -164,6 +166,7 @@ class DistillationModule(pl.LightningModule):
         if gradient_checkpointing:
             student.enable_gradient_checkpointing()
         self.student = student
+        compile_networks(self.compile_kwargs, self.student, self.teacher)
 
     # ------------------------------------------------------------------------------------
     # teacher / student

@@ -41,6 +41,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from ..attention import PSAConfig
 from ..models import vit as vit_psa
 from . import schedules
+from .compiling import CompiledNetworks, compile_networks, compile_options
 from .distill import ConfigError, build_psa_config
 from .optim import adamw_with_schedule
 
@@ -183,7 +184,7 @@ def build_video_classifier(
     return net
 
 
-class VideoClassifier(pl.LightningModule):
+class VideoClassifier(CompiledNetworks, pl.LightningModule):
     """Video classification with a PSA student (and an optional dense teacher).
 
     Args:
@@ -206,6 +207,9 @@ class VideoClassifier(pl.LightningModule):
       lr, betas, weight_decay, eps: AdamW (no weight decay on biases, norms, tokens: 1-D params).
       warmup_steps, lr_schedule ("constant" | "cosine"), min_lr_ratio: per-step LambdaLR.
       gradient_checkpointing: activation checkpointing in the student's encoder layers.
+      compile: torch.compile the student and teacher networks: null (eager), true, a mode
+        ("reduce-overhead": CUDA graphs, what 1-2k-token clips need) or a dict of torch.compile
+        arguments (`psa_train.modules.compiling`).
     """
 
     def __init__(
@@ -233,8 +237,10 @@ class VideoClassifier(pl.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         min_lr_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
+        compile: bool | str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.compile_kwargs = compile_options(compile)
         if num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2, got {num_classes}")
         if teacher not in TEACHERS:
@@ -272,6 +278,7 @@ class VideoClassifier(pl.LightningModule):
                     module.gradient_checkpointing_enable()
                     break
         self.student = student
+        compile_networks(self.compile_kwargs, self.student, self.teacher)
         self._teacher_reloadable = isinstance(backbone, str) and backbone not in NAMED_BACKBONES
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 1, 3, 1, 1), persistent=False)
