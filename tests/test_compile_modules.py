@@ -13,13 +13,16 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from classifier_helpers import PSA, _clips, _model
 from one_thread import one_torch_thread  # noqa: F401  (autouse)
 from synthetic_latents import SyntheticLatents
+from test_compile import triton_selection  # noqa: F401  (fixture)
 from torch._dynamo.utils import counters
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
+from psa_train.attention import PSAAttention, PSAConfig
 from psa_train.callbacks import AttentionStats, SparsityAnnealing
 from psa_train.checkpointing import AtomicDeepSpeedStrategy
 from psa_train.modules import ConfigError, DistillationModule
-from psa_train.modules.compiling import check_strategy, compile_options, uses_cuda_graphs
+from psa_train.modules.compiling import check_strategy, compile_networks, compile_options, uses_cuda_graphs
 
 
 def test_compile_option_values():
@@ -54,6 +57,41 @@ def _loader(n_batches: int) -> DataLoader:
     """Batches of 4 labelled clips (labels under "kind", as the model's label_key says)."""
     video, labels = _clips(4 * n_batches)
     return DataLoader([{"video": v, "kind": label} for v, label in zip(video, labels)], batch_size=4)
+
+
+class _CheckpointedBlock(torch.nn.Module):
+    """A projection and a PSA layer under activation checkpointing, as in the backbones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 64)
+        self.psa = PSAAttention(PSAConfig(block_m=64, block_n=32, budget=1.0, backend="triton"))
+
+    def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.proj(x)
+        return self.psa(q, q, x, grid=(4, 8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self._inner, x, use_reentrant=False)
+
+
+@pytest.mark.usefixtures("triton_selection")
+def test_checkpointed_psa_layers_compile_into_the_graph():
+    """The layer's statistics are a side effect of forward; `compile_networks` lets dynamo keep
+    them out of the recomputation, so a checkpointed block compiles whole (fullgraph) and its
+    gradients and statistics are eager's."""
+    torch.manual_seed(0)
+    block = _CheckpointedBlock()
+    x = torch.randn(1, 2, 256, 64)
+    block(x).pow(2).sum().backward()
+    expected, density = block.proj.weight.grad.clone(), block.psa.last_density
+    block.proj.weight.grad = None
+    torch._dynamo.reset()
+    compile_networks({"backend": "aot_eager", "fullgraph": True, "dynamic": False}, block)
+    block(x).pow(2).sum().backward()
+    torch._dynamo.reset()
+    torch.testing.assert_close(block.proj.weight.grad, expected, rtol=0, atol=0)
+    assert block.psa.last_density == density < 1.0
 
 
 class _GraphCount(pl.Callback):

@@ -64,6 +64,10 @@ def compile_networks(options: Mapping[str, Any] | None, *networks: nn.Module | N
     """Compile each network in place (`nn.Module.compile`); compilation itself runs at the first call."""
     if not options:
         return
+    # PSA layers record their statistics (level counts, last levels) as a side effect of forward.
+    # Inside activation checkpointing dynamo breaks the graph at such a side effect unless it may
+    # leave it out of the recomputation in backward, which would only record the same values again.
+    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     for network in networks:
         if network is not None:
             network.compile(**options)
