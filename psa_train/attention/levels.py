@@ -51,10 +51,7 @@ def _first_band(before: torch.Tensor, bounds: list[float] | torch.Tensor) -> tor
     """Level of the first band whose boundary is above `before` (0 if none)."""
     level = torch.zeros(before.shape, dtype=torch.int32, device=before.device)
     for s, b in reversed(list(zip(LEVELS, bounds))):  # finest band last so it wins
-        if isinstance(b, torch.Tensor):
-            hit = (before < b) | (b >= BOUNDARY_ONE)
-        else:
-            hit = torch.ones_like(before, dtype=torch.bool) if b >= BOUNDARY_ONE else before < b
+        hit = (before < b) | (b >= BOUNDARY_ONE)  # b: a float, or a 0-d tensor under the compiler
         level = torch.where(hit, torch.full_like(level, s), level)
     return level
 
