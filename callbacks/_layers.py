@@ -17,9 +17,3 @@ def psa_layers(module: torch.nn.Module) -> list[PSAAttention]:
 def set_budget(layers: list[PSAAttention], budget: float) -> None:
     for layer in layers:
         layer.budget = budget
-
-
-def mean_density(layers: list[PSAAttention]) -> float | None:
-    """Mean compute density of the layers' last calls; None before any layer has run."""
-    values = [layer.last_density for layer in layers if layer.last_density is not None]
-    return sum(values) / len(values) if values else None

@@ -13,7 +13,10 @@ from typing import Literal
 
 import lightning.pytorch as pl
 
-from ._layers import mean_density, psa_layers, set_budget
+from psa_train.attention import mean_density
+from psa_train.step_logging import on_device
+
+from ._layers import psa_layers, set_budget
 
 Schedule = Literal["linear", "cosine", "step"]
 
@@ -128,7 +131,7 @@ class SparsityAnnealing(pl.Callback):
         self.current_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pl_module.log("psa/budget", float(self.current_budget), on_step=True, prog_bar=True)
+        pl_module.log("psa/budget", on_device(self.current_budget, pl_module), on_step=True, prog_bar=True)
         density = mean_density(psa_layers(pl_module))
         if density is not None:
             pl_module.log("psa/density", density, on_step=True, prog_bar=True)

@@ -14,6 +14,7 @@ from psa_train.attention import (
     level_histogram,
     quota_counts,
 )
+from psa_train.attention.levels import density_from_counts, level_counts
 
 FINE_TO_COARSE = {1: 0, 2: 1, 4: 2, 8: 3, 0: 4}  # band order: 1, 2, 4, 8, skipped
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -227,3 +228,8 @@ def test_density_and_histogram():
     hist = level_histogram(levels)
     assert hist == pytest.approx({0: 6 / 16, 1: 6 / 16, 2: 1 / 16, 4: 1 / 16, 8: 2 / 16})
     assert sum(hist.values()) == pytest.approx(1.0)
+    counts = level_counts(levels)
+    assert density_from_counts(counts).item() == pytest.approx(d)
+    two = torch.stack([counts, level_counts(levels[1:])])  # a batch of histograms: one density each
+    torch.testing.assert_close(density_from_counts(two), torch.tensor([d, compute_density(levels[1:])]))
+    assert density_from_counts(torch.zeros(5, dtype=torch.long)).item() == 0.0  # no blocks: 0, not NaN

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import psa_train.attention.layer as layer_mod
-from psa_train.attention import PSAAttention, PSAConfig, compute_density
+from psa_train.attention import PSAAttention, PSAConfig, compute_density, mean_density
 from psa_train.kernels import pyramid_attention
 
 
@@ -215,3 +215,21 @@ def test_sparse_layer_never_waits_on_the_gpu(preset):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_mean_density_is_a_tensor_read_without_a_host_copy(monkeypatch):
+    """What the training steps log: the layers' mean density as a tensor, computed where the
+    statistics are (no `.tolist()` / `.item()`, each a GPU sync mid-step); layers that have not run
+    are left out, a dense call (CPU counts) mixes in."""
+    cfg = PSAConfig(block_m=64, block_n=32, bands={1: 0.25, 8: 0.25})
+    sparse, dense, idle = PSAAttention(cfg), PSAAttention(PSAConfig(budget=0.0)), PSAAttention(cfg)
+    assert mean_density([idle]) is None
+    sparse(*_qkv(256, dtype=torch.float32))
+    dense(*_qkv(64, dtype=torch.float32))
+    expected = (sparse.last_density + dense.last_density) / 2
+    for name in ("tolist", "item", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, lambda *a, **k: pytest.fail("read on the host"))
+    value = mean_density([sparse, dense, idle])
+    monkeypatch.undo()
+    assert isinstance(value, torch.Tensor) and value.dim() == 0
+    assert value.item() == pytest.approx(expected) and expected < 1.0

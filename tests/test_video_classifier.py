@@ -202,3 +202,28 @@ def test_tiny_recipe_runs_through_the_cli(tmp_path, monkeypatch):
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["psa_train"]["budget"] == 0.0  # the recipe anneals from step 150; 4 steps stay dense
     assert state["hyper_parameters"]["label_key"] == "shape"
+
+
+def test_videomae_position_table_moves_with_the_model():
+    """VideoMAE keeps its sinusoid table as a plain CPU tensor that every forward copies to the
+    device (a host sync per step on a GPU); the classifier registers it as a non-persistent buffer:
+    the same logits, the same state dict, and `.to()` moves it."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    from classifier_helpers import SMALL
+
+    from psa_train.models import vit as vit_psa
+
+    model = _model()
+    embeddings = model.student.model.videomae.embeddings
+    assert "position_embeddings" in embeddings._buffers
+    assert not any(k.endswith("position_embeddings") for k in model.student.state_dict())
+    model.student.to(torch.float64)
+    assert embeddings.position_embeddings.dtype == torch.float64
+    model.student.to(torch.float32)
+    plain = VideoMAEForVideoClassification(VideoMAEConfig(**SMALL, num_labels=3))
+    plain.load_state_dict(model.student.model.state_dict())
+    assert type(plain.videomae.embeddings.position_embeddings) is torch.Tensor
+    video = torch.rand(2, 8, 3, 32, 32)
+    with vit_psa.psa_disabled(model.student):  # the plain model attends densely
+        torch.testing.assert_close(model.student.eval()(video), plain.eval()(pixel_values=video).logits)

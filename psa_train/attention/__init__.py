@@ -1,7 +1,7 @@
 """PSA attention core: config, token layout, block scoring, level assignment and the layer."""
 
 from .config import PSAConfig, check_budget
-from .layer import PSAAttention
+from .layer import PSAAttention, mean_density
 from .layout import TokenLayout, gilbert_order, layout_permutation, tile_order
 from .levels import (
     LEVEL_VALUES,
@@ -28,6 +28,7 @@ __all__ = [
     "key_similarity",
     "layout_permutation",
     "level_histogram",
+    "mean_density",
     "quota_counts",
     "sample_positions",
     "tile_order",

@@ -20,6 +20,7 @@ from .layout import layout_permutation, permute_tokens
 from .levels import (
     LEVEL_VALUES,
     assign_levels,
+    density_from_counts,
     density_from_histogram,
     key_similarity,
     level_counts,
@@ -187,3 +188,19 @@ def _in_backward_pass() -> bool:
     """True while autograd runs a backward pass (where checkpointed forwards are re-run)."""
     current_task = getattr(torch._C, "_current_graph_task_id", None)
     return current_task is not None and current_task() != -1
+
+
+def mean_density(layers) -> torch.Tensor | None:
+    """Mean compute density of the layers' last forwards, as a 0-d tensor (None before any ran).
+
+    Computed on the device of the layers' statistics, so logging it in a training step costs no
+    host sync (reading each layer's `last_density` waits for the GPU once per layer, mid-step).
+    """
+    counts = [c for c in (layer.last_level_counts for layer in layers) if c is not None]
+    if not counts:
+        return None
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for c in counts:  # a dense call records its counts on the CPU (no copy to the GPU)
+        by_device.setdefault(c.device, []).append(c)
+    total = sum(density_from_counts(torch.stack(group)).sum() for group in by_device.values())
+    return total / len(counts)

@@ -265,3 +265,12 @@ def level_histogram(levels: torch.Tensor) -> dict[int, float]:
 
 def density_from_histogram(hist: dict[int, float]) -> float:
     return sum(share / s for s, share in hist.items() if s > 0)
+
+
+def density_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """Compute density of `level_counts` results [..., len(LEVEL_VALUES)], as a float32 tensor on
+    their device: a training step can log it without waiting for the GPU (`.tolist()` would)."""
+    values = _level_values(counts.device).to(torch.float32)
+    inverse = torch.where(values > 0, 1.0 / values.clamp_min(1.0), 0.0)
+    counts = counts.to(torch.float32)
+    return (counts * inverse).sum(-1) / counts.sum(-1).clamp_min(1.0)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .switching import processors_disabled
-from ..attention import PSAAttention, PSAConfig
+from ..attention import PSAAttention, PSAConfig, mean_density
 
 ATTN_IMPLEMENTATION = "psa"
 PROCESSOR_ATTR = "psa"  # attribute of an attention module that holds its VisionPSAProcessor
@@ -463,6 +463,7 @@ def psa_budget(model: nn.Module) -> float | None:
 
 
 def psa_density(model: nn.Module) -> float | None:
-    """Mean `last_density` of the PSA layers after the last forward (None if none measured)."""
-    values = [float(d) for d in (layer.last_density for layer in psa_layers(model)) if d is not None]
-    return sum(values) / len(values) if values else None
+    """Mean `last_density` of the PSA layers after the last forward (None if none measured).
+    Waits for the GPU; a training step logs `mean_density(psa_layers(model))` instead."""
+    density = mean_density(psa_layers(model))
+    return None if density is None else float(density)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .switching import processors_disabled
-from ..attention import PSAAttention, PSAConfig
+from ..attention import PSAAttention, PSAConfig, mean_density
 
 HF_WAN21_1_3B = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 HF_WAN21_14B = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
@@ -321,11 +321,8 @@ def psa_budget(model: nn.Module) -> float | None:
 
 
 def psa_density(model: nn.Module) -> float | None:
-    """Mean `last_density` of the PSA layers after the last forward (None if none measured)."""
-    values = []
-    for layer in psa_layers(model):
-        d = getattr(layer, "last_density", None)
-        if d is not None:
-            values.append(float(d))
-    return sum(values) / len(values) if values else None
+    """Mean `last_density` of the PSA layers after the last forward (None if none measured).
+    Waits for the GPU; a training step logs `mean_density(psa_layers(model))` instead."""
+    density = mean_density(psa_layers(model))
+    return None if density is None else float(density)
 

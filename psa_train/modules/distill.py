@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import PSAConfig
+from ..attention import PSAConfig, mean_density
 from ..models.wan import (
     cast_like_from_pretrained,
     enable_psa_wan,
@@ -36,6 +36,7 @@ from ..models.wan import (
     resolve_dtype,
     set_psa_budget,
 )
+from ..step_logging import on_device
 from . import schedules
 from .compiling import CompiledNetworks, compile_networks, compile_options
 from .errors import ConfigError
@@ -263,11 +264,11 @@ class DistillationModule(CompiledNetworks, pl.LightningModule):
         return losses
 
     def _log_psa(self, prefix: str, batch_size: int) -> None:
-        budget, density = self.budget, psa_density(self.student)
+        budget, density = self.budget, mean_density(psa_layers(self.student))  # no host sync
         step = prefix == "train"
         kwargs = dict(on_step=step, on_epoch=not step, batch_size=batch_size, sync_dist=not step)
         if budget is not None:
-            self.log(f"{prefix}/budget", budget, **kwargs)
+            self.log(f"{prefix}/budget", on_device(budget, self), **kwargs)
         if density is not None:
             self.log(f"{prefix}/density", density, prog_bar=step, **kwargs)
 
@@ -276,7 +277,7 @@ class DistillationModule(CompiledNetworks, pl.LightningModule):
         b = batch["latents"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, prog_bar=name == "loss", batch_size=b)
-        self.log("train/lr", float(self.optimizers().param_groups[0]["lr"]), on_step=True, batch_size=b)
+        self.log("train/lr", on_device(self.optimizers().param_groups[0]["lr"], self), on_step=True, batch_size=b)
         self._log_psa("train", b)
         return losses["loss"]
 

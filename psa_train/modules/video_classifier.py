@@ -38,8 +38,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from ..attention import PSAConfig
+from ..attention import PSAConfig, mean_density
 from ..models import vit as vit_psa
+from ..step_logging import on_device
 from . import schedules
 from .compiling import CompiledNetworks, compile_networks, compile_options
 from .distill import ConfigError, build_psa_config
@@ -115,9 +116,22 @@ class _VideoMAEHead(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        for module in model.modules():
+            _table_as_buffer(module, "position_embeddings")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).logits
+
+
+def _table_as_buffer(module: nn.Module, name: str) -> None:
+    """Register a plain tensor attribute (VideoMAE's fixed sinusoid table) as a non-persistent
+    buffer. As an attribute it stays on the CPU and every forward copies it to the GPU from
+    pageable memory, which waits for the GPU mid-step; a buffer moves with the model, and the
+    state dict is unchanged."""
+    table = getattr(module, name, None)
+    if isinstance(table, torch.Tensor) and name not in module._parameters and name not in module._buffers:
+        delattr(module, name)
+        module.register_buffer(name, table, persistent=False)
 
 
 def build_video_classifier(
@@ -385,11 +399,11 @@ class VideoClassifier(CompiledNetworks, pl.LightningModule):
         return losses, logits, teacher
 
     def _log_psa(self, prefix: str, batch_size: int) -> None:
-        budget, density = self.budget, vit_psa.psa_density(self.student)
+        budget, density = self.budget, mean_density(vit_psa.psa_layers(self.student))  # no host sync
         step = prefix == "train"
         kwargs = dict(on_step=step, on_epoch=not step, batch_size=batch_size, sync_dist=not step)
         if budget is not None:
-            self.log(f"{prefix}/budget", budget, **kwargs)
+            self.log(f"{prefix}/budget", on_device(budget, self), **kwargs)
         if density is not None:
             self.log(f"{prefix}/density", density, prog_bar=step, **kwargs)
 
@@ -400,10 +414,14 @@ class VideoClassifier(CompiledNetworks, pl.LightningModule):
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, prog_bar=name == "loss", batch_size=b)
         if labels is not None:
-            acc = multiclass_accuracy(logits.detach(), labels, self.hparams.num_classes, average="micro")
+            # validate_args checks the labels on the host (a sync before the backward pass); with a
+            # cross-entropy term, that term already rejects labels out of range
+            acc = multiclass_accuracy(logits.detach(), labels, self.hparams.num_classes, average="micro",
+                                      validate_args=self.hparams.ce_weight <= 0)
             self.log("train/acc1", acc, on_step=True, batch_size=b)
         if self._trainer is not None and self.trainer.optimizers:
-            self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=True, batch_size=b)
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", on_device(lr, self), on_step=True, batch_size=b)
         self._log_psa("train", b)
         return losses["loss"]
 
