@@ -10,6 +10,7 @@ budget 0 (dense SDPA, no annealing). Prints one table: median step ms over the t
 steps (compilation included), dynamo's graphs, peak memory.
 
     PYTHONPATH=. python3 benchmarks/lightning_step_bench.py --compile none reduce-overhead   # on an H200
+    PYTHONPATH=. python3 benchmarks/lightning_step_bench.py --compile none --profile   # GPU kernels per step
     PYTHONPATH=. python3 benchmarks/lightning_step_bench.py --arch tiny --device cpu --steps 3 --warmup 1
 """
 
@@ -26,6 +27,35 @@ PSA = {"block_m": 128, "block_n": 64, "band_mode": "quota", "bands": {1: 0.15, 2
        "layout": "tile", "tile_size": [2, 8, 8], "budget": 1.0}
 ARCHS = {"videomae-b": ("videomae-base-arch", 16, 224, PSA),
          "tiny": ("tiny", 8, 64, {**PSA, "block_m": 64, "block_n": 32, "tile_size": [2, 4, 4]})}
+
+
+class StepProfile(pl.Callback):
+    """torch.profiler (CUDA activity) over the timed steps: GPU kernel time per step, to set against
+    the step time (the rest is the GPU waiting for the host), and the kernels that take most of it."""
+
+    def __init__(self, first_step: int) -> None:
+        self.first_step = first_step
+        self.profiler: torch.profiler.profile | None = None
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.first_step:
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.profiler.__enter__()
+        if self.profiler is not None:
+            self.steps += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.cuda.synchronize()
+        self.profiler.__exit__(None, None, None)
+
+    def summary(self, top: int = 15) -> tuple[float, str]:
+        kernels = [e for e in self.profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+        per_step = sum(e.self_device_time_total for e in kernels) / 1e3 / self.steps
+        lines = [f"    {e.self_device_time_total / 1e3 / self.steps:7.3f} ms {e.count / self.steps:6.1f}x  {e.key[:100]}"
+                 for e in kernels[:top]]
+        return per_step, "\n".join(lines)
 
 
 class StepTimer(pl.Callback):
@@ -70,6 +100,9 @@ def run(variant: str, compile_mode: str, args) -> dict:
                             compile=None if compile_mode == "none" else compile_mode)
     timer = StepTimer(device)
     callbacks: list[pl.Callback] = [timer]
+    profile = StepProfile(args.warmup) if args.profile else None
+    if profile is not None:
+        callbacks.append(profile)
     if variant == "psa":
         callbacks.append(SparsityAnnealing(start_budget=0.99, end_budget=1.0, start_step=0, end_step=steps))
     trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=steps,
@@ -80,6 +113,9 @@ def run(variant: str, compile_mode: str, args) -> dict:
     start = time.perf_counter()
     trainer.fit(model, torch.utils.data.DataLoader(_batches(steps, args, device), batch_size=None))
     steps_ms = [(b - a) * 1e3 for a, b in zip(timer.starts[args.warmup:], timer.starts[args.warmup + 1:])]
+    if profile is not None:
+        gpu_ms, top = profile.summary()
+        print(f"{variant} / {compile_mode}: GPU kernels {gpu_ms:.2f} ms per step, the most:\n{top}", flush=True)
     return {
         "variant": variant, "compile": compile_mode, "step_ms": statistics.median(steps_ms),
         "warmup_s": timer.starts[args.warmup] - start, "graphs": counters["stats"]["unique_graphs"],
@@ -105,7 +141,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, CUDA-graph recording)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--profile", action="store_true",
+                        help="also trace the timed steps' CUDA kernels (the step times then include the profiler)")
     args = parser.parse_args()
+    if args.profile and not args.device.startswith("cuda"):
+        parser.error("--profile traces CUDA kernels: it needs --device cuda")
     rows = [run(v, c, args) for c in args.compile for v in args.variants]
     base = {r["compile"]: r["step_ms"] for r in rows if r["variant"] == "dense"}
     print("| variant | compile | density | step ms | vs dense eager | warm-up s | graphs | cudagraph skips | peak GiB |")
