@@ -243,17 +243,20 @@ def compute_density(levels: torch.Tensor, per_head: bool = False) -> float | tor
 def level_counts(levels: torch.Tensor) -> torch.Tensor:
     """Number of blocks at each level of LEVEL_VALUES, as an int64 tensor on levels' device (no
     sync). Two launches (one per level and a stack took eleven: host time at short sequences)."""
-    values = _make_level_values(levels.device) if torch.compiler.is_compiling() else _level_values(levels.device)
-    return (levels.reshape(-1, 1) == values).sum(0)
+    return (levels.reshape(-1, 1) == _level_values(levels.device)).sum(0)
 
 
 def _make_level_values(device: torch.device) -> torch.Tensor:
-    """LEVEL_VALUES on `device`, made there (no host copy, which would also keep a compiled graph
-    out of CUDA graphs); compiled, the graph makes them itself (dynamo would trace through a cache)."""
     return (1 << torch.arange(len(LEVEL_VALUES), dtype=torch.int32, device=device)) >> 1
 
 
-_level_values = functools.lru_cache(maxsize=8)(_make_level_values)
+_cached_level_values = functools.lru_cache(maxsize=8)(_make_level_values)
+
+
+def _level_values(device: torch.device) -> torch.Tensor:
+    """LEVEL_VALUES on `device`, made there (no host copy, which would also keep a compiled graph
+    out of CUDA graphs); compiled, the graph makes them itself (dynamo would trace through a cache)."""
+    return _make_level_values(device) if torch.compiler.is_compiling() else _cached_level_values(device)
 
 
 def level_histogram(levels: torch.Tensor) -> dict[int, float]:
