@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from classifier_helpers import PSA, _clips, _model
+from classifier_helpers import PSA, SMALL, _clips, _model
 from one_thread import one_torch_thread  # noqa: F401  (autouse)
 from psa_train.callbacks import AttentionStats, SparsityAnnealing
 from psa_train.data import VideoShardDataModule, collate_videos
 from psa_train.data.demo import encode_mp4
 from psa_train.data.tario import write_tar
 from torch.utils.data import DataLoader
+from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 
 from psa_train.attention import PSAAttention
+from psa_train.models import vit as vit_psa
 from psa_train.modules.distill import ConfigError
 from psa_train.modules.video_classifier import VideoClassifier, build_video_classifier
 
@@ -208,12 +210,6 @@ def test_videomae_position_table_moves_with_the_model():
     """VideoMAE keeps its sinusoid table as a plain CPU tensor that every forward copies to the
     device (a host sync per step on a GPU); the classifier registers it as a non-persistent buffer:
     the same logits, the same state dict, and `.to()` moves it."""
-    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
-
-    from classifier_helpers import SMALL
-
-    from psa_train.models import vit as vit_psa
-
     model = _model()
     embeddings = model.student.model.videomae.embeddings
     assert "position_embeddings" in embeddings._buffers

@@ -273,7 +273,6 @@ def density_from_histogram(hist: dict[int, float]) -> float:
 def density_from_counts(counts: torch.Tensor) -> torch.Tensor:
     """Compute density of `level_counts` results [..., len(LEVEL_VALUES)], as a float32 tensor on
     their device: a training step can log it without waiting for the GPU (`.tolist()` would)."""
-    values = _level_values(counts.device).to(torch.float32)
-    inverse = torch.where(values > 0, 1.0 / values.clamp_min(1.0), 0.0)
+    pooling = _level_values(counts.device)[1:].to(torch.float32)  # 1, 2, 4, 8 (skipped blocks cost 0)
     counts = counts.to(torch.float32)
-    return (counts * inverse).sum(-1) / counts.sum(-1).clamp_min(1.0)
+    return (counts[..., 1:] / pooling).sum(-1) / counts.sum(-1).clamp_min(1.0)

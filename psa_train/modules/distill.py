@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import PSAConfig, mean_density
+from ..attention import PSAConfig
 from ..models.wan import (
     cast_like_from_pretrained,
     enable_psa_wan,
@@ -36,7 +36,7 @@ from ..models.wan import (
     resolve_dtype,
     set_psa_budget,
 )
-from ..step_logging import on_device
+from ..step_logging import log_psa, on_device
 from . import schedules
 from .compiling import CompiledNetworks, compile_networks, compile_options
 from .errors import ConfigError
@@ -263,22 +263,13 @@ class DistillationModule(CompiledNetworks, pl.LightningModule):
         losses["loss"] = total
         return losses
 
-    def _log_psa(self, prefix: str, batch_size: int) -> None:
-        budget, density = self.budget, mean_density(psa_layers(self.student))  # no host sync
-        step = prefix == "train"
-        kwargs = dict(on_step=step, on_epoch=not step, batch_size=batch_size, sync_dist=not step)
-        if budget is not None:
-            self.log(f"{prefix}/budget", on_device(budget, self), **kwargs)
-        if density is not None:
-            self.log(f"{prefix}/density", density, prog_bar=step, **kwargs)
-
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(batch, "fit")
         b = batch["latents"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, prog_bar=name == "loss", batch_size=b)
         self.log("train/lr", on_device(self.optimizers().param_groups[0]["lr"], self), on_step=True, batch_size=b)
-        self._log_psa("train", b)
+        log_psa(self, "train", b, self.budget, psa_layers(self.student))
         return losses["loss"]
 
     def _eval_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str, prefix: str):
@@ -286,7 +277,7 @@ class DistillationModule(CompiledNetworks, pl.LightningModule):
         b = batch["latents"].shape[0]
         for name, value in losses.items():
             self.log(f"{prefix}/{name}", value, on_epoch=True, sync_dist=True, batch_size=b)
-        self._log_psa(prefix, b)
+        log_psa(self, prefix, b, self.budget, psa_layers(self.student))
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):

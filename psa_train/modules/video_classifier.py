@@ -38,9 +38,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from ..attention import PSAConfig, mean_density
+from ..attention import PSAConfig
 from ..models import vit as vit_psa
-from ..step_logging import on_device
+from ..step_logging import log_psa, on_device
 from . import schedules
 from .compiling import CompiledNetworks, compile_networks, compile_options
 from .distill import ConfigError, build_psa_config
@@ -398,15 +398,6 @@ class VideoClassifier(CompiledNetworks, pl.LightningModule):
         losses["loss"] = total
         return losses, logits, teacher
 
-    def _log_psa(self, prefix: str, batch_size: int) -> None:
-        budget, density = self.budget, mean_density(vit_psa.psa_layers(self.student))  # no host sync
-        step = prefix == "train"
-        kwargs = dict(on_step=step, on_epoch=not step, batch_size=batch_size, sync_dist=not step)
-        if budget is not None:
-            self.log(f"{prefix}/budget", on_device(budget, self), **kwargs)
-        if density is not None:
-            self.log(f"{prefix}/density", density, prog_bar=step, **kwargs)
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         labels = self.labels(batch)
         losses, logits, _ = self.compute_losses(batch, labels)
@@ -422,7 +413,7 @@ class VideoClassifier(CompiledNetworks, pl.LightningModule):
         if self._trainer is not None and self.trainer.optimizers:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.log("train/lr", on_device(lr, self), on_step=True, batch_size=b)
-        self._log_psa("train", b)
+        log_psa(self, "train", b, self.budget, vit_psa.psa_layers(self.student))
         return losses["loss"]
 
     def _eval_step(self, batch: Mapping[str, Any], prefix: str) -> torch.Tensor:
@@ -447,7 +438,7 @@ class VideoClassifier(CompiledNetworks, pl.LightningModule):
         if teacher is not None:
             agreement = (logits.argmax(-1) == teacher.argmax(-1)).float().mean()
             self.log(f"{prefix}/agreement", agreement, on_epoch=True, sync_dist=True, batch_size=b)
-        self._log_psa(prefix, b)
+        log_psa(self, prefix, b, self.budget, vit_psa.psa_layers(self.student))
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
